@@ -1,0 +1,194 @@
+"""The DARTS-PRIME math (SPEC sections 2-5) as small pure functions.
+
+Nothing here owns state: callers pass the state in and get the new state
+back, so the same code runs eagerly in tests, inside the compiled
+training step, and under tf.distribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+# SPEC constants (the reference's defaults).
+RHO = 0.1
+SCHEDFREQ = 10
+THRESHOLD_MULTIPLIER = 1.05  # m
+FI_EWMA_BETA = 0.2
+TAU_INIT = 1.0
+ADMM_FREQ = 10
+ZU_EWMA = 0.2
+
+SCHEDULES = ("fixed", "dynamic")
+SPLITS = ("half", "dynamic")
+REGULARIZERS = ("none", "prox", "admm")
+
+
+# --------------------------------------------------------------------------
+# Discretization (the genotype rule)
+# --------------------------------------------------------------------------
+def _steps_for(num_edges: int, num_inputs: int) -> int:
+    steps, total = 0, 0
+    while total < num_edges:
+        total += num_inputs + steps
+        steps += 1
+    if total != num_edges:
+        raise ValueError(f"{num_edges} edges do not form a cell with {num_inputs} inputs")
+    return steps
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def select_edges(weights: np.ndarray, num_inputs: int = 2, keep: int = 2, none_index: int = 0):
+    """Per intermediate node, the kept (input, op) pairs, strongest edge first.
+
+    An edge's strength is its largest weight over non-`none` ops; each node
+    keeps its `keep` strongest incoming edges (ties: lower input first, as
+    Python's stable sort in the reference), each with its best non-`none` op.
+    """
+    weights = np.asarray(weights)
+    masked = weights.astype(np.float64).copy()
+    masked[:, none_index] = -np.inf
+    steps = _steps_for(weights.shape[0], num_inputs)
+    selection, start = [], 0
+    for i in range(steps):
+        n = num_inputs + i
+        block = masked[start:start + n]
+        strength = block.max(axis=1)
+        order = sorted(range(n), key=lambda j: -strength[j])[:keep]
+        selection.append([(j, int(np.argmax(block[j]))) for j in order])
+        start += n
+    return selection
+
+
+def discretize(weights, num_inputs: int = 2, keep: int = 2, none_index: int = 0):
+    """One-hot matrix of the genotype rule: 1 at (kept edge, its best op), else 0.
+
+    TensorFlow version of `select_edges` for use inside the training step;
+    the result carries no gradient.
+    """
+    weights = tf.stop_gradient(tf.convert_to_tensor(weights))
+    num_edges, num_ops = weights.shape
+    steps = _steps_for(num_edges, num_inputs)
+    is_none = tf.one_hot(none_index, num_ops, dtype=tf.bool, on_value=True, off_value=False)
+    masked = tf.where(is_none[None, :], tf.constant(-np.inf, weights.dtype), weights)
+    rows, start = [], 0
+    for i in range(steps):
+        n = num_inputs + i
+        block = masked[start:start + n]
+        top = tf.math.top_k(tf.reduce_max(block, axis=1), k=min(keep, n)).indices
+        kept = tf.reduce_any(tf.equal(tf.range(n)[:, None], top[None, :]), axis=1)
+        best = tf.one_hot(tf.argmax(block, axis=1), num_ops, dtype=weights.dtype)
+        rows.append(best * tf.cast(kept, weights.dtype)[:, None])
+        start += n
+    return tf.concat(rows, axis=0)
+
+
+# --------------------------------------------------------------------------
+# Regularizers of the alpha loss (SPEC section 5)
+# --------------------------------------------------------------------------
+def _frobenius(x):
+    # sqrt with a floor: the norm's gradient is undefined at exactly zero.
+    return tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(x)), 1e-24))
+
+
+def proximity_penalty(alpha, progress, rho=RHO, **discretize_kw):
+    """(t/T) * rho/2 * ||softmax(alpha) - z||_F with z = discretize(softmax(alpha)) held constant."""
+    p = tf.nn.softmax(alpha, axis=-1)
+    z = discretize(p, **discretize_kw)
+    return tf.cast(progress, p.dtype) * (rho / 2.0) * _frobenius(p - z)
+
+
+def admm_penalty(alpha, z, u, rho=RHO):
+    """rho/2 * ||softmax(alpha) - Z + U||_F (Z and U are constants here)."""
+    p = tf.nn.softmax(alpha, axis=-1)
+    return (rho / 2.0) * _frobenius(p - tf.stop_gradient(z) + tf.stop_gradient(u))
+
+
+def admm_update(alpha, u, zu_ewma=ZU_EWMA, **discretize_kw):
+    """The Z/U step: Z = discretize(softmax(alpha + U)); U = zu_ewma * U + (alpha - Z)."""
+    z = discretize(tf.nn.softmax(alpha + u, axis=-1), **discretize_kw)
+    return z, zu_ewma * u + (alpha - z)
+
+
+# --------------------------------------------------------------------------
+# Schedules (SPEC section 4)
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FixedSchedule:
+    """Alpha step when (step + 1) % schedfreq == 0; schedfreq 1 is original DARTS."""
+    schedfreq: int = SCHEDFREQ
+    beta: float = FI_EWMA_BETA  # FI is still averaged, for the history
+
+    def decide(self, step, fi_ewma, tau):
+        """Returns (take_alpha_step, new_tau); called before the weight step."""
+        take = tf.equal(tf.math.floormod(tf.cast(step, tf.int64) + 1, self.schedfreq), 0)
+        return take, tf.convert_to_tensor(tau, tf.float32)
+
+    def observe(self, fi, fi_ewma):
+        return update_fi_ewma(fi, fi_ewma, self.beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicSchedule:
+    """DARTS-PRIME's informed schedule: alpha step when 0 < FI_ewma < tau.
+
+    tau shrinks by m^-schedfreq after an alpha step and grows by m otherwise,
+    so about one step in schedfreq + 1 updates alpha, at low-gradient moments.
+    """
+    schedfreq: int = SCHEDFREQ
+    m: float = THRESHOLD_MULTIPLIER
+    beta: float = FI_EWMA_BETA
+
+    def decide(self, step, fi_ewma, tau):
+        fi_ewma = tf.convert_to_tensor(fi_ewma, tf.float32)
+        tau = tf.convert_to_tensor(tau, tf.float32)
+        take = tf.logical_and(fi_ewma > 0.0, fi_ewma < tau)
+        new_tau = tf.where(take, tau * self.m ** (-self.schedfreq), tau * self.m)
+        return take, new_tau
+
+    def observe(self, fi, fi_ewma):
+        return update_fi_ewma(fi, fi_ewma, self.beta)
+
+
+def update_fi_ewma(fi, fi_ewma, beta=FI_EWMA_BETA):
+    """FI_ewma = beta * FI + (1 - beta) * FI_ewma; the first FI seeds it (0 means unset)."""
+    fi = tf.convert_to_tensor(fi, tf.float32)
+    fi_ewma = tf.convert_to_tensor(fi_ewma, tf.float32)
+    return tf.where(fi_ewma > 0.0, beta * fi + (1.0 - beta) * fi_ewma, fi)
+
+
+def make_schedule(kind: str, schedfreq: int = SCHEDFREQ, m: float = THRESHOLD_MULTIPLIER,
+                  beta: float = FI_EWMA_BETA):
+    if kind == "fixed":
+        return FixedSchedule(schedfreq, beta)
+    if kind == "dynamic":
+        return DynamicSchedule(schedfreq, m, beta)
+    raise ValueError(f"unknown schedule '{kind}' (use one of {', '.join(SCHEDULES)})")
+
+
+def weight_portion(split: str, schedfreq: int = SCHEDFREQ) -> float:
+    """Fraction of the training set that trains w; the rest is the alpha stream."""
+    if split == "half":
+        return 0.5
+    if split == "dynamic":
+        return 1.0 - 1.0 / (1.0 + schedfreq)
+    raise ValueError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
+
+
+def fisher_trace(grads) -> tf.Tensor:
+    """FI = sum over all weights of (dL/dw)^2 (trace of the empirical Fisher)."""
+    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads if g is not None])
+
+
+def epoch_cosine_lr(step, steps_per_epoch, epochs, lr_max, lr_min):
+    """PyTorch's CosineAnnealingLR stepped once per epoch, as in the reference."""
+    epoch = tf.math.floordiv(tf.cast(step, tf.float32), float(steps_per_epoch))
+    epoch = tf.minimum(epoch, float(epochs))
+    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + tf.cos(math.pi * epoch / float(epochs)))

@@ -1,0 +1,348 @@
+"""The DARTS CNN search space (SPEC section 2) as Keras layers.
+
+Layout is NHWC. A cell's 14 mixed edges are grouped by the state they leave:
+all edges leaving one state see the same input, so `MixedEdges` computes the
+parameter-free parts once per state (the ReLU in front of every conv op, both
+pools with their BN, the identity) and the per-edge convolutions of all those
+edges as one batched op (a depthwise conv with one channel multiplier per
+edge, then per-edge pointwise convs as one batched matmul). This is the same
+arithmetic as the reference's per-edge MixedOp, with ~10x fewer graph nodes,
+which is what makes the first step trace in seconds instead of minutes.
+
+Padding follows the reference (symmetric k//2 with explicit pads): TF's
+'SAME' pads stride-2 convs asymmetrically, so it is only used where it is
+provably identical (stride 1, odd kernels; pools run at stride 1 and are then
+subsampled, which keeps PyTorch's window placement and its
+count_include_pad=False average).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dprime_tf.search_space.layers import StatefulLayer, torch_default_init
+from dprime_tf.search_space.primitives import CNN_PRIMITIVES, num_edges
+
+STEPS = 4
+MULTIPLIER = 4
+STEM_MULTIPLIER = 3
+NUM_OPS = len(CNN_PRIMITIVES)
+OP = {name: i for i, name in enumerate(CNN_PRIMITIVES)}
+CONV_OPS = {  # name -> (kernel, dilation, separable)
+    "sep_conv_3x3": (3, 1, True),
+    "sep_conv_5x5": (5, 1, True),
+    "dil_conv_3x3": (3, 2, False),
+    "dil_conv_5x5": (5, 2, False),
+}
+
+
+def edge_index(node: int, source: int) -> int:
+    """Row of alpha for the edge from state `source` into intermediate node `node`."""
+    return num_edges(2, node) + source
+
+
+def pad(x, p):
+    return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]]) if p else x
+
+
+def depthwise(x, kernel, stride=1, dilation=1):
+    """Depthwise conv with the reference's symmetric padding (k//2 * dilation)."""
+    k = kernel.shape[0]
+    if stride == 1:
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[dilation, dilation])
+    if dilation == 1:
+        return tf.nn.depthwise_conv2d(pad(x, k // 2), kernel, [1, 2, 2, 1], "VALID")
+    # Stride 2 with dilation 2 (TF rejects the pair): output i reads input
+    # 2i + 2j - 2*(k//2) = 2(i + j - k//2), i.e. an undilated stride-1 conv
+    # of the even rows/columns.
+    return tf.nn.depthwise_conv2d(x[:, ::2, ::2, :], kernel, [1, 1, 1, 1], "SAME")
+
+
+def subsample(x, stride):
+    return x[:, ::2, ::2, :] if stride == 2 else x
+
+
+class FactorizedReduce(StatefulLayer):
+    """ReLU, two 1x1 stride-2 convs (the second shifted by one pixel), concat, BN.
+
+    `copies` > 1 computes that many independent reduces of the same input at
+    once (the skip_connect of every stride-2 edge leaving one state); the
+    output then has shape (B, H/2, W/2, copies, c_out).
+    """
+
+    def __init__(self, c_out, copies=1, affine=False, **kwargs):
+        super().__init__(**kwargs)
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        self.c_out, self.copies, self.affine = int(c_out), int(copies), bool(affine)
+
+    def build(self, input_shape):
+        c_in = int(input_shape[-1])
+        half = self.c_out // 2
+        init = torch_default_init(c_in)
+        self.conv_1 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_1")
+        self.conv_2 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_2")
+        shape = (self.copies, self.c_out) if self.copies > 1 else (self.c_out,)
+        self.bn = self.add_bn("bn", shape, affine=self.affine)
+
+    def call(self, x, training=False, relu_applied=False):
+        if not relu_applied:
+            x = tf.nn.relu(x)
+        a = tf.nn.conv2d(x[:, ::2, ::2, :], self.conv_1, 1, "VALID")
+        b = tf.nn.conv2d(x[:, 1::2, 1::2, :], self.conv_2, 1, "VALID")
+        if self.copies > 1:
+            shape = tf.concat([tf.shape(a)[:3], [self.copies, self.c_out // 2]], 0)
+            out = tf.concat([tf.reshape(a, shape), tf.reshape(b, shape)], axis=-1)
+        else:
+            out = tf.concat([a, b], axis=-1)
+        return self.batch_norm(out, self.bn, training)
+
+    def get_config(self):
+        return {**super().get_config(), "c_out": self.c_out, "copies": self.copies, "affine": self.affine}
+
+
+class ReLUConvBN(StatefulLayer):
+    """ReLU, 1x1 conv, BN without affine (the cell's input preprocessing)."""
+
+    def __init__(self, c_out, **kwargs):
+        super().__init__(**kwargs)
+        self.c_out = int(c_out)
+
+    def build(self, input_shape):
+        c_in = int(input_shape[-1])
+        self.kernel = self.add_weight(shape=(1, 1, c_in, self.c_out),
+                                      initializer=torch_default_init(c_in), name="kernel")
+        self.bn = self.add_bn("bn", (self.c_out,))
+
+    def call(self, x, training=False):
+        return self.batch_norm(tf.nn.conv2d(tf.nn.relu(x), self.kernel, 1, "VALID"), self.bn, training)
+
+    def get_config(self):
+        return {**super().get_config(), "c_out": self.c_out}
+
+
+class MixedEdges(StatefulLayer):
+    """All mixed edges leaving one state: sum over ops of softmax(alpha) * op(x).
+
+    Call with the state x (B, H, W, C) and the (n_edges, 8) mixing weights of
+    those edges; returns a list of n_edges tensors, one per edge, in order.
+    """
+
+    def __init__(self, channels, n_edges, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.n_edges, self.stride = int(channels), int(n_edges), int(stride)
+
+    def build(self, input_shape):
+        c, n = self.channels, self.n_edges
+        if int(input_shape[-1]) != c:
+            raise ValueError(f"MixedEdges expects {c} channels, got {input_shape[-1]}")
+        self.kernels = {}
+        for name, (k, _, separable) in CONV_OPS.items():
+            w = {
+                "dw1": self.add_weight(shape=(k, k, c, n), initializer=torch_default_init(k * k), name=f"{name}_dw1"),
+                "pw1": self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw1"),
+                "bn1": self.add_bn(f"{name}_bn1", (n, c)),
+            }
+            if separable:
+                w["dw2"] = self.add_weight(shape=(k, k, n * c, 1), initializer=torch_default_init(k * k), name=f"{name}_dw2")
+                w["pw2"] = self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw2")
+                w["bn2"] = self.add_bn(f"{name}_bn2", (n, c))
+            self.kernels[name] = w
+        self.max_pool_bn = self.add_bn("max_pool_bn", (c,))
+        self.avg_pool_bn = self.add_bn("avg_pool_bn", (c,))
+        if self.stride == 2:
+            self.reduce = FactorizedReduce(c, copies=n, name="skip_reduce")
+            self.reduce.build(input_shape)
+
+    def _conv_op(self, relu_x, name, training):
+        k, dilation, separable = CONV_OPS[name]
+        w = self.kernels[name]
+        n, c = self.n_edges, self.channels
+        y = depthwise(relu_x, w["dw1"], self.stride, dilation)  # (B, H, W, c * n), channel = c_i * n + e
+        hw = tf.shape(y)[:3]
+        y = tf.reshape(y, tf.concat([hw, [c, n]], 0))
+        y = self.batch_norm(tf.einsum("bhwcn,ncd->bhwnd", y, w["pw1"]), w["bn1"], training)
+        if not separable:
+            return y
+        y = tf.reshape(tf.nn.relu(y), tf.concat([hw, [n * c]], 0))
+        y = tf.reshape(depthwise(y, w["dw2"]), tf.concat([hw, [n, c]], 0))
+        return self.batch_norm(tf.einsum("bhwnc,ncd->bhwnd", y, w["pw2"]), w["bn2"], training)
+
+    def call(self, x, weights, training=False):
+        relu_x = tf.nn.relu(x)
+        w = tf.cast(weights, x.dtype)[None, None, None, :, :]  # (1, 1, 1, n, 8)
+        pooled = {
+            "max_pool_3x3": self.batch_norm(subsample(tf.nn.max_pool2d(x, 3, 1, "SAME"), self.stride),
+                                            self.max_pool_bn, training),
+            "avg_pool_3x3": self.batch_norm(subsample(tf.nn.avg_pool2d(x, 3, 1, "SAME"), self.stride),
+                                            self.avg_pool_bn, training),
+            "skip_connect": x if self.stride == 1 else None,
+        }
+        # Ops shared by all edges: (B, H, W, C) -> broadcast over the edge axis.
+        total = None
+        for name, value in pooled.items():
+            if value is None:
+                continue
+            term = value[:, :, :, None, :] * w[..., OP[name]:OP[name] + 1]
+            total = term if total is None else total + term
+        per_edge = {name: self._conv_op(relu_x, name, training) for name in CONV_OPS}
+        if self.stride == 2:
+            per_edge["skip_connect"] = self.reduce(relu_x, training=training, relu_applied=True)
+        for name, value in per_edge.items():
+            total = total + value * w[..., OP[name]:OP[name] + 1]
+        # `none` contributes zeros and is skipped.
+        return tf.unstack(total, num=self.n_edges, axis=3)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "n_edges": self.n_edges, "stride": self.stride}
+
+
+class SearchCell(keras.layers.Layer):
+    """A DARTS search cell: 2 preprocessed inputs, 4 nodes, 14 mixed edges."""
+
+    def __init__(self, channels, reduction, reduction_prev, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
+        c = self.channels
+        self.preprocess0 = FactorizedReduce(c, name="preprocess0") if reduction_prev else ReLUConvBN(c, name="preprocess0")
+        self.preprocess1 = ReLUConvBN(c, name="preprocess1")
+        # Edges leaving state j go to nodes max(0, j-1)..3; stride 2 from the inputs of a reduction cell.
+        self.edges = [
+            MixedEdges(c, STEPS - max(0, j - 1), 2 if (reduction and j < 2) else 1, name=f"edges_from_{j}")
+            for j in range(STEPS + 1)
+        ]
+
+    def build(self, s0_shape, s1_shape):
+        self.preprocess0.build(s0_shape)
+        self.preprocess1.build(s1_shape)
+        for layer in self.edges:
+            layer.build(s1_shape[:-1] + (self.channels,))
+
+    def call(self, s0, s1, weights, training=False):
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        incoming = [[] for _ in range(STEPS)]
+        for j in range(STEPS + 1):
+            first = max(0, j - 1)
+            rows = [edge_index(i, j) for i in range(first, STEPS)]
+            outs = self.edges[j](states[j], tf.gather(weights, rows), training=training)
+            for i, out in zip(range(first, STEPS), outs):
+                incoming[i].append(out)
+            if j >= 1:  # node j-1 has all its inputs once state j's edges are added
+                states.append(tf.add_n(incoming[j - 1]))
+        return tf.concat(states[-MULTIPLIER:], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
+                "reduction_prev": self.reduction_prev}
+
+
+@keras.saving.register_keras_serializable("dprime_tf")
+class SearchNetwork(keras.Model):
+    """The DARTS CNN supernet with its architecture parameters.
+
+    `alpha_normal` and `alpha_reduce` (14 x 8) are non-trainable variables of
+    the model: they are not network weights (so they stay out of the weight
+    optimizer, its weight decay and the FI sum) and are stepped separately by
+    the search's alpha optimizer. `trainable_weights` are the network weights.
+    """
+
+    search_space = "cnn"
+
+    def __init__(self, init_channels=16, layers=8, num_classes=10, image_size=32, **kwargs):
+        super().__init__(**kwargs)
+        self.init_channels, self.num_layers = int(init_channels), int(layers)
+        self.num_classes, self.image_size = int(num_classes), int(image_size)
+        if self.num_layers < 3:
+            raise ValueError(f"a search network needs at least 3 cells (two are reduction cells), got {layers}")
+        if self.image_size % 4:
+            raise ValueError(f"image size must be a multiple of 4 (two reductions), got {image_size}")
+        c = self.init_channels
+        c_curr = STEM_MULTIPLIER * c
+        self.stem_channels = c_curr
+        c_pp, c_p, c_curr = c_curr, c_curr, c
+        self.cells, self._cell_shapes = [], []
+        reduction_prev = False
+        size = self.image_size
+        for i in range(self.num_layers):
+            reduction = i in self.reduction_indices
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(c_curr, reduction, reduction_prev, name=f"cell_{i}"))
+            in_size0 = size * 2 if reduction_prev else size
+            self._cell_shapes.append(((None, in_size0, in_size0, c_pp), (None, size, size, c_p)))
+            if reduction:
+                size //= 2
+            reduction_prev = reduction
+            c_pp, c_p = c_p, MULTIPLIER * c_curr
+        self.final_channels = c_p
+        n_edges = num_edges(2, STEPS)
+        alpha_init = keras.initializers.RandomNormal(stddev=1e-3)
+        self.alpha_normal = self.add_weight(shape=(n_edges, NUM_OPS), initializer=alpha_init,
+                                            trainable=False, name="alpha_normal")
+        self.alpha_reduce = self.add_weight(shape=(n_edges, NUM_OPS), initializer=alpha_init,
+                                            trainable=False, name="alpha_reduce")
+        self.build((None, self.image_size, self.image_size, 3))
+
+    @property
+    def reduction_indices(self):
+        return (self.num_layers // 3, 2 * self.num_layers // 3)
+
+    @property
+    def alphas(self):
+        return [self.alpha_normal, self.alpha_reduce]
+
+    @property
+    def primitives(self):
+        return CNN_PRIMITIVES
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        self.stem_kernel = self.add_weight(shape=(3, 3, 3, self.stem_channels),
+                                           initializer=torch_default_init(27), name="stem_kernel")
+        self.stem_bn = StatefulLayer.add_bn(self, "stem_bn", (self.stem_channels,), affine=True)
+        for cell, (s0, s1) in zip(self.cells, self._cell_shapes):
+            cell.build(s0, s1)
+            cell.built = True
+        self.classifier_kernel = self.add_weight(shape=(self.final_channels, self.num_classes),
+                                                 initializer=torch_default_init(self.final_channels),
+                                                 name="classifier_kernel")
+        self.classifier_bias = self.add_weight(shape=(self.num_classes,),
+                                               initializer=torch_default_init(self.final_channels),
+                                               name="classifier_bias")
+        self.built = True
+
+    def call(self, images, training=False):
+        x = tf.convert_to_tensor(images)
+        if x.shape.rank != 4 or x.shape[-1] != 3:
+            raise ValueError(f"SearchNetwork expects images (batch, H, W, 3), got shape {x.shape}")
+        x = tf.nn.conv2d(x, self.stem_kernel, 1, "SAME")
+        s0 = s1 = StatefulLayer.batch_norm(x, self.stem_bn, training)
+        w_normal = tf.nn.softmax(self.alpha_normal, axis=-1)
+        w_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, training=training)
+        pooled = tf.reduce_mean(s1, axis=[1, 2])
+        return tf.matmul(pooled, self.classifier_kernel) + self.classifier_bias
+
+    def mixing_weights(self):
+        """softmax(alpha) per cell type, as numpy (14, 8) arrays."""
+        return {"normal": tf.nn.softmax(self.alpha_normal).numpy(),
+                "reduce": tf.nn.softmax(self.alpha_reduce).numpy()}
+
+    def genotype(self):
+        from dprime_tf.genotype import derive_genotype
+        return derive_genotype(self.alpha_normal.numpy(), self.alpha_reduce.numpy())
+
+    def discretize_kwargs(self):
+        return dict(num_inputs=2, keep=2, none_index=OP["none"])
+
+    def get_config(self):
+        return {**super().get_config(), "init_channels": self.init_channels, "layers": self.num_layers,
+                "num_classes": self.num_classes, "image_size": self.image_size}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
