@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import keras
 import tensorflow as tf
 
@@ -56,21 +58,48 @@ class StatefulLayer(keras.layers.Layer):
 
     @staticmethod
     def batch_norm(x, stats, training):
-        """BN over all axes but the trailing channel axes of `stats` (PyTorch semantics:
-        normalize with the biased batch variance, track the unbiased one)."""
+        """BN over all axes but the trailing channel axes of `stats`, with PyTorch's
+        semantics: normalize with the biased batch variance, track the unbiased one
+        with momentum 0.1.
+
+        One fused op (forward and gradient) on a single replica; with several
+        replicas the statistics are all-reduced over the global batch.
+        """
+        mean_var, var_var = stats["mean"].value, stats["var"].value
+        channels = int(np.prod(mean_var.shape))
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1 and training:
+            return StatefulLayer._synced_batch_norm(x, stats)
+        shape = tf.shape(x)
+        x4 = tf.reshape(x, tf.concat([shape[:-len(mean_var.shape)], [channels]], 0)) \
+            if len(x.shape) != 4 or len(mean_var.shape) != 1 else x
+        if len(x4.shape) != 4:  # (B, C) and the like: add two unit spatial axes
+            x4 = tf.reshape(x4, tf.concat([tf.shape(x4)[:1], [1, -1, channels]], 0))
+        scale = tf.reshape(stats["gamma"].value, [channels]) if "gamma" in stats else tf.ones([channels], x.dtype)
+        offset = tf.reshape(stats["beta"].value, [channels]) if "beta" in stats else tf.zeros([channels], x.dtype)
+        y, new_mean, new_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x4, scale=scale, offset=offset,
+            mean=tf.reshape(mean_var, [channels]), variance=tf.reshape(var_var, [channels]),
+            epsilon=BN_EPS, exponential_avg_factor=BN_MOMENTUM if training else 1.0,
+            data_format="NHWC", is_training=bool(training))
+        if training:
+            mean_var.assign(tf.reshape(new_mean, mean_var.shape))
+            var_var.assign(tf.reshape(new_var, var_var.shape))
+        return tf.reshape(y, shape)
+
+    @staticmethod
+    def _synced_batch_norm(x, stats):
         channel_rank = len(stats["mean"].shape)
         axes = list(range(len(x.shape) - channel_rank))
-        if training:
-            mean, var, count = batch_moments(x, axes)
-            unbiased = var * count / tf.maximum(count - 1.0, 1.0)
-            stats["mean"].assign((1.0 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * mean)
-            stats["var"].assign((1.0 - BN_MOMENTUM) * stats["var"] + BN_MOMENTUM * unbiased)
-        else:
-            mean, var = stats["mean"].value, stats["var"].value
+        mean, var, count = batch_moments(x, axes)
+        unbiased = var * count / tf.maximum(count - 1.0, 1.0)
+        for key, batch in (("mean", mean), ("var", unbiased)):
+            v = stats[key].value
+            v.assign_sub(BN_MOMENTUM * (v - batch))
         inv = tf.math.rsqrt(var + BN_EPS)
         if "gamma" in stats:
-            inv = inv * stats["gamma"]
+            inv = inv * stats["gamma"].value
         y = (x - mean) * inv
         if "beta" in stats:
-            y = y + stats["beta"]
+            y = y + stats["beta"].value
         return y

@@ -1,0 +1,241 @@
+"""The bilevel DARTS-PRIME search loop as a Keras model (SPEC section 3).
+
+`BilevelSearch` wraps a supernet (anything with `alphas`, `trainable_weights`,
+`discretize_kwargs()` and a `call(x, training)` returning logits) and
+overrides `train_step`/`test_step`, so `fit()` with its callbacks, progress
+bar and tf.distribute strategies drives the search.
+
+One step, in the SPEC's order:
+1. the schedule decides (from the synced FI EWMA and tau) whether to take an
+   alpha step; if so, the next alpha-stream batch gives CE + regularizer and
+   Adam steps alpha;
+2. weight step on the training batch with plain CE;
+3. FI = sum of squared weight gradients (all-reduced, before clipping and
+   before L2), then the schedule state is updated.
+
+Distribution: a synchronization point (an all-reduce, an optimizer apply)
+inside a `tf.cond` in a replica function fails under tf.distribute, so here
+`train_step` runs in the *cross-replica* context: it makes the schedule
+decision on the mirrored state and a `tf.cond` picks one of two
+`strategy.run` calls (with or without the alpha step). Inside a replica the
+gradients are all-reduced once; FI, clipping and the optimizers see the
+global gradients (the optimizers are told not to reduce again), and batch
+norm uses global-batch statistics, so N replicas compute what one device
+computes on the same global batch.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from dprime_tf import prime
+from dprime_tf.optimizers import CoupledAdam, CoupledSGD, EpochCosineDecay
+
+_SUM = tf.distribute.ReduceOp.SUM
+
+# What each step reports (per-step values, also written to history.csv).
+STEP_LOGS = ("batch_loss", "batch_accuracy", "batch_alpha_loss", "alpha_step", "alpha_steps", "fi",
+             "fi_ewma", "tau", "lr", "progress")
+
+
+class BilevelSearch(keras.Model):
+    def __init__(self, supernet, *, steps_per_epoch: int, epochs: int,
+                 schedule: str = "dynamic", regularizer: str = "prox",
+                 rho: float = prime.RHO, schedfreq: int = prime.SCHEDFREQ,
+                 threshold_multiplier: float = prime.THRESHOLD_MULTIPLIER,
+                 fi_ewma_beta: float = prime.FI_EWMA_BETA,
+                 learning_rate: float = 0.025, learning_rate_min: float = 0.001,
+                 momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0,
+                 arch_learning_rate: float = 3e-4, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
+                 arch_weight_decay: float = 1e-3, admm_freq: int = prime.ADMM_FREQ,
+                 zu_ewma: float = prime.ZU_EWMA, **kwargs):
+        super().__init__(**kwargs)
+        if regularizer not in prime.REGULARIZERS:
+            raise ValueError(f"unknown regularizer '{regularizer}' (use one of {', '.join(prime.REGULARIZERS)})")
+        self.supernet = supernet
+        self.schedule = prime.make_schedule(schedule, schedfreq, threshold_multiplier, fi_ewma_beta)
+        self.schedule_name, self.regularizer = schedule, regularizer
+        self.rho, self.grad_clip = float(rho), float(grad_clip)
+        self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+        self.admm_freq, self.zu_ewma = int(admm_freq), float(zu_ewma)
+        self.lr_schedule = EpochCosineDecay(learning_rate, learning_rate_min, steps_per_epoch, epochs)
+        self.weight_optimizer = CoupledSGD(
+            self.lr_schedule,
+            momentum=momentum, l2=weight_decay, gradients_are_reduced=True)
+        self.alpha_optimizer = CoupledAdam(arch_learning_rate, arch_beta_1, arch_beta_2, l2=arch_weight_decay,
+                                           gradients_are_reduced=True, name="alpha_adam")
+        # Both optimizers are built now: lazy slot creation inside the compiled,
+        # distributed step fails.
+        self.weight_optimizer.build(supernet.trainable_weights)
+        self.alpha_optimizer.build(supernet.alphas)
+
+        def state(name, value, dtype="float32"):
+            return self.add_weight(shape=(), initializer=keras.initializers.Constant(value), dtype=dtype,
+                                   trainable=False, name=name, aggregation="only_first_replica")
+        self.search_step = state("search_step", 0, "int64")
+        self.alpha_steps = state("alpha_steps", 0, "int64")
+        self.fi_ewma = state("fi_ewma", 0.0)  # 0 means unset
+        self.tau = state("tau", prime.TAU_INIT)
+        if regularizer == "admm":
+            self.admm_z = [self.add_weight(shape=a.shape, initializer="zeros", trainable=False,
+                                           name=f"admm_z_{i}", aggregation="only_first_replica")
+                           for i, a in enumerate(supernet.alphas)]
+            self.admm_u = [self.add_weight(shape=a.shape, initializer="zeros", trainable=False,
+                                           name=f"admm_u_{i}", aggregation="only_first_replica")
+                           for i, a in enumerate(supernet.alphas)]
+            for z, a in zip(self.admm_z, supernet.alphas):
+                z.assign(a)  # SPEC: Z starts at alpha, U at 0
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "accuracy", "alpha_loss")}
+        self._val_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "accuracy")}
+        self._alpha_iterator = None
+        self.compile(optimizer=self.weight_optimizer)
+        self.built = True
+
+    # -- data ---------------------------------------------------------------
+    def set_alpha_stream(self, dataset: tf.data.Dataset):
+        """The (infinite) dataset of alpha-step batches; one batch per alpha step."""
+        self._alpha_iterator = iter(self.distribute_strategy.experimental_distribute_dataset(dataset))
+
+    def call(self, images, training=False):
+        return self.supernet(images, training=training)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Everything is built in __init__. Keras' symbolic build would pull a
+        # batch and reduce it eagerly, which fails under multi-worker
+        # strategies (keras-team/keras#20585).
+        return
+
+    # -- losses ---------------------------------------------------------------
+    def _progress(self):
+        """t / T: training progress in epochs over the total epochs."""
+        return tf.cast(self.search_step, tf.float32) / float(self.steps_per_epoch * self.epochs)
+
+    def regularization(self, progress):
+        kw = self.supernet.discretize_kwargs()
+        alphas = [a.value for a in self.supernet.alphas]
+        if self.regularizer == "prox":
+            return tf.add_n([prime.proximity_penalty(a, progress, self.rho, **kw) for a in alphas])
+        if self.regularizer == "admm":
+            return tf.add_n([prime.admm_penalty(a, z, u, self.rho)
+                             for a, z, u in zip(alphas, self.admm_z, self.admm_u)])
+        return tf.constant(0.0)
+
+    @staticmethod
+    def _cross_entropy_sum(y, logits):
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
+        return tf.reduce_sum(ce), correct
+
+    # -- one replica ----------------------------------------------------------
+    def _replica_alpha_step(self, alpha_data, progress):
+        """Alpha step on one alpha-stream batch: CE + regularizer, Adam with coupled L2."""
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        xa, ya = data_xy(alpha_data)
+        global_batch = tf.cast(tf.shape(xa)[0] * replicas, tf.float32)
+        alpha_vars = [a.value for a in self.supernet.alphas]
+        with tf.GradientTape() as tape:
+            tape.watch(alpha_vars)
+            ce_sum, _ = self._cross_entropy_sum(ya, self.supernet(xa, training=True))
+            alpha_loss = ce_sum / global_batch + self.regularization(progress) / replicas
+        grads = ctx.all_reduce(_SUM, tape.gradient(alpha_loss, alpha_vars))
+        self.alpha_optimizer.apply(grads, self.supernet.alphas)
+        return alpha_loss  # this replica's share; the shares sum to the global loss
+
+    def _replica_weight_step(self, data):
+        """Weight step with plain CE; returns this replica's shares of loss/accuracy and FI."""
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        x, y = data_xy(data)
+        global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
+        weights = self.supernet.trainable_weights
+        with tf.GradientTape() as tape:
+            ce_sum, correct = self._cross_entropy_sum(y, self.supernet(x, training=True))
+            loss = ce_sum / global_batch
+        grads = ctx.all_reduce(_SUM, tape.gradient(loss, weights))
+        fi = prime.fisher_trace(grads)  # global gradients, before clipping and L2
+        grads, _ = tf.clip_by_global_norm(grads, self.grad_clip, use_norm=tf.sqrt(fi))
+        self.weight_optimizer.apply(grads, weights)
+        return {"loss": loss, "accuracy": correct / global_batch, "fi": fi / replicas}
+
+    # -- the step (cross-replica) ---------------------------------------------
+    def train_step(self, data):
+        strategy = self.distribute_strategy
+        if self._alpha_iterator is None:
+            raise RuntimeError("call set_alpha_stream(dataset) before fit(): the search needs an alpha stream")
+        progress = self._progress()
+        take, new_tau = self.schedule.decide(self.search_step, self.fi_ewma, self.tau)
+        self.tau.assign(new_tau)
+
+        def alpha_step():
+            alpha_data = next(self._alpha_iterator)
+            share = strategy.run(self._replica_alpha_step, args=(alpha_data, progress))
+            return strategy.reduce(_SUM, share, axis=None)
+
+        # Only the alpha step is conditional, so the weight step is traced once.
+        alpha_loss = tf.cond(take, alpha_step, lambda: tf.constant(float("nan")))
+        out = {k: strategy.reduce(_SUM, v, axis=None)
+               for k, v in strategy.run(self._replica_weight_step, args=(data,)).items()}
+        self.alpha_steps.assign_add(tf.cast(take, tf.int64))
+        if self.regularizer == "admm":
+            self._admm_step(take)
+        self.fi_ewma.assign(self.schedule.observe(out["fi"], self.fi_ewma))
+        self.search_step.assign_add(1)
+        self._trackers["loss"].update_state(out["loss"])
+        self._trackers["accuracy"].update_state(out["accuracy"])
+        if_taken = tf.cast(take, tf.float32)
+        self._trackers["alpha_loss"].update_state(tf.where(take, alpha_loss, 0.0), sample_weight=if_taken)
+        return {
+            # running means over the epoch (what the progress bar shows) ...
+            **{name: t.result() for name, t in self._trackers.items()},
+            # ... and this step's values (what history.csv records)
+            "batch_loss": out["loss"], "batch_accuracy": out["accuracy"], "batch_alpha_loss": alpha_loss,
+            "alpha_steps": tf.cast(self.alpha_steps, tf.float32), "alpha_step": if_taken,
+            "fi": out["fi"], "fi_ewma": tf.identity(self.fi_ewma), "tau": tf.identity(self.tau),
+            "lr": self.lr_schedule(self.search_step - 1), "progress": progress,
+        }
+
+    def _admm_step(self, took_alpha_step):
+        """Every admm_freq alpha steps: Z = discretize(softmax(alpha + U)), U = zu*U + (alpha - Z)."""
+        due = tf.logical_and(took_alpha_step, tf.equal(tf.math.floormod(self.alpha_steps, self.admm_freq), 0))
+        kw = self.supernet.discretize_kwargs()
+        for a, z, u in zip(self.supernet.alphas, self.admm_z, self.admm_u):
+            new_z, new_u = prime.admm_update(a.value, u.value, self.zu_ewma, **kw)
+            z.assign(tf.where(due, new_z, z.value))
+            u.assign(tf.where(due, new_u, u.value))
+
+    def make_train_function(self, force=False):
+        """One compiled step per call, whose body (train_step) is cross-replica."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        step = tf.function(lambda iterator: self.train_step(next(iterator)), autograph=False)
+        self.train_function = step
+        return step
+
+    def test_step(self, data):
+        x, y = data_xy(data)
+        ce_sum, correct = self._cross_entropy_sum(y, self.supernet(x, training=False))
+        n = tf.cast(tf.shape(x)[0], tf.float32)
+        self._val_trackers["loss"].update_state(ce_sum / n, sample_weight=n)
+        self._val_trackers["accuracy"].update_state(correct / n, sample_weight=n)
+        return {k: t.result() for k, t in self._val_trackers.items()}
+
+    def reset_metrics(self):
+        for t in list(self._trackers.values()) + list(self._val_trackers.values()):
+            t.reset_state()
+
+    def genotype(self):
+        return self.supernet.genotype()
+
+
+def data_xy(data):
+    if isinstance(data, dict):
+        return data["images"], data["labels"]
+    x, y = data[0], data[1]
+    return x, y
