@@ -1,0 +1,188 @@
+"""The run directory a search or training leaves behind, and the Keras
+callbacks that fill it.
+
+    <run>/flags.txt            the flags used (a valid --flagfile)
+    <run>/history.csv          one row per step
+    <run>/checkpoints/         tf.train checkpoints (resume)
+    <run>/tensorboard/         TensorBoard logs
+    <run>/...                  what the job adds (genotype.json, plots, ...)
+
+Every file is written atomically (temporary file + rename), so a killed job
+never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dprime_tf.errors import UserError
+
+
+# -- atomic files ---------------------------------------------------------------
+def atomic_write(path: str, data: bytes | str) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_savez(path: str, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+# -- run directory ----------------------------------------------------------------
+def default_run_dir(kind: str) -> str:
+    return os.path.join("runs", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare_run_dir(run_dir: str, resume: bool) -> str:
+    """Creates a fresh run directory, or checks that one can be resumed."""
+    run_dir = os.path.abspath(run_dir)
+    has_checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    if resume:
+        if not has_checkpoint:
+            raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
+                            "(pass the --output_dir of an interrupted run, or drop --resume)")
+        return run_dir
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
+                        "or choose another --output_dir")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --output_dir {run_dir}: {e.strerror}") from None
+    return run_dir
+
+
+def write_flags(run_dir: str, flags_text: str) -> None:
+    atomic_write(os.path.join(run_dir, "flags.txt"), flags_text)
+
+
+# -- per-step history -------------------------------------------------------------
+class StepHistory(keras.callbacks.Callback):
+    """Appends one CSV row per training step to <run>/history.csv.
+
+    On resume from step S the rows of steps >= S (written after the last
+    checkpoint by the interrupted process) are dropped first, so the file stays
+    one continuous sequence of steps.
+    """
+
+    def __init__(self, path: str, columns, step_variable, resume_step: int = 0, flush_every: int = 1):
+        super().__init__()
+        self.path, self.columns = path, ["step", *columns]
+        self.step_variable = step_variable
+        self.flush_every = flush_every
+        self._rows = 0
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) < resume_step]
+        else:
+            rows = []
+        out = io.StringIO()
+        writer = csv.DictWriter(out, self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, out.getvalue())
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, self.columns, extrasaction="ignore")
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        step = int(self.step_variable.numpy()) - 1  # the step just taken (0-based)
+        row = {"step": step}
+        for name in self.columns[1:]:
+            value = logs.get(name)
+            row[name] = "" if value is None else _fmt(value)
+        self._writer.writerow(row)
+        self._rows += 1
+        if self._rows % self.flush_every == 0:
+            self._file.flush()
+
+    def on_train_end(self, logs=None):
+        self._file.flush()
+
+    def close(self):
+        if not self._file.closed:
+            self._file.close()
+
+
+def _fmt(value) -> str:
+    value = float(value)
+    if math.isnan(value):
+        return ""
+    return f"{value:.8g}"
+
+
+def read_history(path: str) -> dict[str, np.ndarray]:
+    """history.csv as float columns (empty cells become NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]}
+
+
+# -- checkpoints ------------------------------------------------------------------
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves a tf.train checkpoint every `every` steps and at each epoch end.
+
+    tf.train checkpoints are written atomically (the index file is renamed into
+    place last), so a kill at any moment leaves the previous one usable.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, step_variable, every: int, is_chief: bool = True):
+        super().__init__()
+        self.manager, self.step_variable, self.every = manager, step_variable, max(int(every), 1)
+        self.is_chief = is_chief
+
+    def _save(self):
+        step = int(self.step_variable.numpy())
+        if self.manager.latest_checkpoint and self.manager.checkpoint.save_counter is not None \
+                and getattr(self, "_last", None) == step:
+            return
+        self.manager.save(checkpoint_number=step)
+        self._last = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.step_variable.numpy()) % self.every == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save()
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """Calls `fn(epoch, logs)` at each epoch end (run artifacts, one-line summary)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fn(epoch, logs or {})
