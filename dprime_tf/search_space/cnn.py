@@ -278,11 +278,11 @@ class SearchNetwork(keras.Model):
             c_pp, c_p = c_p, MULTIPLIER * c_curr
         self.final_channels = c_p
         n_edges = num_edges(2, STEPS)
-        alpha_init = keras.initializers.RandomNormal(stddev=1e-3)
-        self.alpha_normal = self.add_weight(shape=(n_edges, NUM_OPS), initializer=alpha_init,
-                                            trainable=False, name="alpha_normal")
-        self.alpha_reduce = self.add_weight(shape=(n_edges, NUM_OPS), initializer=alpha_init,
-                                            trainable=False, name="alpha_reduce")
+        # One initializer each: a reused unseeded Keras initializer repeats its values.
+        self.alpha_normal = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_normal",
+                                            initializer=keras.initializers.RandomNormal(stddev=1e-3))
+        self.alpha_reduce = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_reduce",
+                                            initializer=keras.initializers.RandomNormal(stddev=1e-3))
         self.build((None, self.image_size, self.image_size, 3))
 
     @property

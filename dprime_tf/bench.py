@@ -1,0 +1,107 @@
+"""python -m dprime_tf.bench: speed and memory of the search supernet's steps.
+
+Times the weight step and the alpha step (median of --steps timed steps after
+a warm-up) at the given size (default: the paper's search network, batch 64,
+C=16, 8 cells, 32x32), and prints img/s, analytic FLOPs per image, the
+fraction of this machine's measured matmul FLOP/s achieved, peak RSS, and
+the time to the first step (tracing + graph optimization).
+"""
+
+from __future__ import annotations
+
+from dprime_tf.cli import quiet_tensorflow, run_main
+
+quiet_tensorflow()
+
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("init_channels", 16, "C.")
+flags.DEFINE_integer("layers", 8, "Cells.")
+flags.DEFINE_integer("image_size", 32, "Input size.")
+flags.DEFINE_integer("steps", 5, "Timed steps per kind (after one warm-up).")
+FLAGS = flags.FLAGS
+
+
+def forward_macs(net) -> int:
+    """Multiply-adds of one image's forward pass, counted from the layer shapes."""
+    from dprime_tf.search_space.cnn import CONV_OPS
+    size = net.image_size
+    macs = 27 * net.stem_channels * size * size
+    for cell, (s0, s1) in zip(net.cells, net._cell_shapes):
+        c = cell.channels
+        h = s1[1]
+        macs += s0[-1] * c * h * h + s1[-1] * c * h * h  # preprocess 1x1 convs (FR: two halves at h)
+        for group in cell.edges:
+            n, ho = group.n_edges, h // group.stride
+            for name, (k, _, separable) in CONV_OPS.items():
+                macs += (k * k * c + c * c) * n * ho * ho * (2 if separable else 1)
+            if group.stride == 2:
+                macs += c * c * n * ho * ho
+    return macs + net.final_channels * net.num_classes
+
+
+def matmul_flops_per_second(n=2048, reps=5) -> float:
+    import tensorflow as tf
+    a = tf.random.normal((n, n))
+    f = tf.function(lambda: tf.matmul(a, a))
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f().numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def main(argv):
+    import numpy as np
+    import tensorflow as tf
+
+    from dprime_tf.search_space.cnn import SearchNetwork
+    from dprime_tf.searcher import BilevelSearch
+
+    b, size = FLAGS.batch_size, FLAGS.image_size
+    t0 = time.perf_counter()
+    net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size)
+    search = BilevelSearch(net, steps_per_epoch=1000, epochs=50)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.standard_normal((b, size, size, 3), dtype=np.float32)),
+             tf.constant(rng.integers(0, 10, b, dtype=np.int32)))
+    progress = tf.constant(0.5)
+    weight_step = tf.function(lambda: search._replica_weight_step(batch), autograph=False)
+    alpha_step = tf.function(lambda: search._replica_alpha_step(batch, progress), autograph=False)
+    results = {}
+    for name, fn in (("weight step", weight_step), ("alpha step", alpha_step)):
+        t = time.perf_counter()
+        tf.nest.map_structure(lambda x: x.numpy(), fn())
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(FLAGS.steps):
+            t = time.perf_counter()
+            tf.nest.map_structure(lambda x: x.numpy(), fn())
+            times.append(time.perf_counter() - t)
+        results[name] = (first, statistics.median(times), min(times), max(times))
+    macs = forward_macs(net)
+    peak = matmul_flops_per_second()
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"supernet C={FLAGS.init_channels} L={FLAGS.layers} {size}x{size} batch {b}: "
+          f"{sum(int(np.prod(w.shape)) for w in net.trainable_weights):,} weights; built in {build_s:.1f} s")
+    print(f"forward: {macs / 1e6:.1f} M multiply-adds per image ({2 * macs / 1e9:.3f} GFLOP); "
+          f"a step (forward + backward) is about 3x that")
+    print(f"machine: 2048x2048 fp32 matmul {peak / 1e9:.1f} GFLOP/s")
+    for name, (first, med, lo, hi) in results.items():
+        step_flops = 3 * 2 * macs * b
+        print(f"{name:11s}: first step (trace + optimize + run) {first:6.1f} s | median {med:6.3f} s "
+              f"[{lo:.3f}-{hi:.3f}] | {b / med:6.1f} img/s | {step_flops / med / 1e9:6.1f} GFLOP/s "
+              f"= {step_flops / med / peak:5.1%} of matmul peak")
+    print(f"peak RSS: {rss_gb:.2f} GB")
+
+
+if __name__ == "__main__":
+    run_main(main)

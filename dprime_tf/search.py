@@ -1,0 +1,103 @@
+"""python -m dprime_tf.search: a DARTS-PRIME cell search.
+
+    python -m dprime_tf.search                                   # embedded sample, small and quick
+    python -m dprime_tf.search --flagfile=configs/cifar.flags    # the paper's CIFAR-10 search
+    python -m dprime_tf.search --output_dir=runs/x --resume      # continue an interrupted run
+"""
+
+from __future__ import annotations
+
+from dprime_tf.cli import quiet_tensorflow, run_main
+
+quiet_tensorflow()
+
+from absl import flags  # noqa: E402
+
+from dprime_tf import prime  # noqa: E402
+from dprime_tf.distribute import STRATEGIES  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Data
+flags.DEFINE_string("dataset", "sample", "sample (embedded CIFAR-10 subset), cifar10, cifar100, or folder:<path> "
+                    "(one sub-folder of images per class).")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory for cifar10/cifar100.")
+flags.DEFINE_integer("image_size", None, "Resize folder images to this size (default 32; CIFAR is 32).")
+# Run
+flags.DEFINE_string("output_dir", None, "Run directory (default runs/search-<timestamp>).")
+flags.DEFINE_bool("resume", False, "Continue the interrupted run in --output_dir from its last checkpoint.")
+flags.DEFINE_integer("epochs", 50, "Search epochs (T).")
+flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: one pass over the weight split).")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).")
+flags.DEFINE_integer("seed", 2, "Random seed (weights, alphas, data order, augmentation).")
+flags.DEFINE_integer("val_steps", 0, "Validation batches per epoch from the alpha split (0: all).")
+flags.DEFINE_integer("checkpoint_every", 50, "Checkpoint every N steps (and at each epoch end).")
+flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy: auto (all GPUs of this host), "
+                  "default (one device), mirrored, multi_worker (TF_CONFIG).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (to exercise the multi-replica "
+                     "path without GPUs).")
+# Network
+flags.DEFINE_integer("layers", 8, "Cells in the search network (L).")
+flags.DEFINE_integer("init_channels", 16, "Initial channels (C).")
+# Method
+flags.DEFINE_enum("schedule", "dynamic", prime.SCHEDULES, "Alpha-step schedule: dynamic (DARTS-PRIME) or fixed.")
+flags.DEFINE_enum("split", "dynamic", prime.SPLITS, "Train/alpha split: dynamic (1-1/(1+schedfreq)) or half.")
+flags.DEFINE_enum("reg", "prox", prime.REGULARIZERS, "Alpha-loss regularizer: prox (DARTS-PRIME), admm, none.")
+flags.DEFINE_float("rho", prime.RHO, "Regularization strength rho.")
+flags.DEFINE_integer("schedfreq", prime.SCHEDFREQ, "Fixed: alpha step every N steps. Dynamic: target ratio 1/(N+1).")
+flags.DEFINE_float("threshold_multiplier", prime.THRESHOLD_MULTIPLIER, "Dynamic schedule's threshold multiplier m.")
+flags.DEFINE_float("fi_ewma_beta", prime.FI_EWMA_BETA, "EWMA weight of the newest FI.")
+flags.DEFINE_integer("admm_freq", prime.ADMM_FREQ, "ADMM: Z/U update every N alpha steps.")
+flags.DEFINE_float("zu_ewma", prime.ZU_EWMA, "ADMM: U decay.")
+# Optimizers
+flags.DEFINE_float("learning_rate", 0.025, "Weight SGD learning rate (cosine-annealed per epoch).")
+flags.DEFINE_float("learning_rate_min", 0.001, "Final weight learning rate.")
+flags.DEFINE_float("momentum", 0.9, "Weight SGD momentum.")
+flags.DEFINE_float("weight_decay", 3e-4, "Weight L2 (added to the gradient, as the reference).")
+flags.DEFINE_float("grad_clip", 5.0, "Global-norm clip of the weight gradients.")
+flags.DEFINE_float("arch_learning_rate", 3e-4, "Alpha Adam learning rate.")
+flags.DEFINE_float("arch_weight_decay", 1e-3, "Alpha L2 (added to the gradient).")
+
+
+def config_from_flags():
+    from dprime_tf.runs import default_run_dir
+    from dprime_tf.search_job import SearchConfig
+    names = [f.name for f in __import__("dataclasses").fields(SearchConfig)]
+    values = {n: getattr(FLAGS, n) for n in names if n in FLAGS}
+    values["output_dir"] = FLAGS.output_dir or default_run_dir("search")
+    return SearchConfig(**values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        from dprime_tf.errors import UserError
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
+    import os
+    import sys
+    if FLAGS.resume:
+        if not FLAGS.output_dir:
+            from dprime_tf.errors import UserError
+            raise UserError("--resume needs the --output_dir of the run to continue")
+        saved = os.path.join(FLAGS.output_dir, "flags.txt")
+        if os.path.exists(saved):  # the run's own flags, then what this command line changes
+            FLAGS.unparse_flags()
+            FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
+    from dprime_tf.distribute import make_strategy
+    from dprime_tf.search_job import run_search, validate
+    cfg = config_from_flags()
+    validate(cfg)
+    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    flags_text = "".join(f"{line}\n" for line in FLAGS.flags_into_string().splitlines()
+                         if line.split("=")[0].lstrip("-") in {f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+                         and not line.startswith("--resume") and not line.startswith("--noresume"))
+    if not FLAGS.output_dir:
+        flags_text += f"--output_dir={os.path.abspath(cfg.output_dir)}\n"
+    summary = run_search(cfg, strategy, flags_text=flags_text)
+    print(f"\nrun directory: {summary['run_dir']}")
+    print(f"alpha steps: {summary['alpha_steps']} of {summary['steps']} steps ({summary['alpha_step_rate']:.3f})")
+    print("genotype:", __import__("json").dumps(summary["genotype"]))
+
+
+if __name__ == "__main__":
+    run_main(main)
