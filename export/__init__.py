@@ -1,0 +1,16 @@
+"""Exporting trained DARTS-PRIME CNNs for serving.
+
+    python -m export --model=<run dir or .keras> --output_dir=<base> --name=<name> --version=<N> [--onnx=<file>]
+    python -m export.client --server=localhost:8501 --model=<name> image.jpg ...
+    python -m export.bench --export_dir=<base>/<name>/<N> --onnx=<file>
+
+Modules: `pipeline` (export_model: load, stage, convert, check, commit),
+`saved_model` (the serving SavedModel and its contract checks), `onnx`
+(tf2onnx conversion, onnxruntime), `layout` (paths, atomic staging,
+models.config; no TensorFlow), `client` (TF Serving REST/gRPC client),
+`bench` (SavedModel vs onnxruntime throughput). See SERVING.md.
+
+Importing this package does not import TensorFlow.
+"""
+
+from export.layout import ExportError  # noqa: F401
