@@ -152,10 +152,7 @@ def test_tf_serving_layout_and_models_config(exported):
 
     text = (base / "models.config").read_text()
     assert text.startswith(OTHER_MODELS.rstrip("}\n"))  # the other entry and its comment kept verbatim
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-    entries = {c.name: c for c in config.model_config_list.config}
+    entries = parse_models_config(text)
     assert sorted(entries) == ["other", NAME]
     assert entries[NAME].base_path == str(base / NAME) and os.path.isabs(entries[NAME].base_path)
     assert entries[NAME].model_platform == "tensorflow"
@@ -370,14 +367,17 @@ def test_flag_validation_is_fast_and_one_line(tmp_path, run_dir):
 # ----------------------------------------------------------------- models.config and staging
 
 
-def test_models_config_editing():
+def parse_models_config(text):
+    """{name: ModelConfig} through TF Serving's own proto (tensorflow-serving-api)."""
+    pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return {c.name: c for c in config.model_config_list.config}
 
-    def parse(text):
-        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-        return {c.name: c for c in config.model_config_list.config}
 
+def test_models_config_editing():
+    parse = parse_models_config
     fresh = layout.models_config_text(None, "m", "/x/m")
     assert parse(fresh)["m"].base_path == "/x/m"
     added = layout.models_config_text(OTHER_MODELS, "m", "/x/m")
