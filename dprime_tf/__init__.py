@@ -1,0 +1,43 @@
+"""dprime-tf: DARTS-PRIME differentiable architecture search in TensorFlow/Keras.
+
+The pipeline: data -> search space -> bilevel search -> genotype -> final
+network -> export. Public names are imported lazily (TensorFlow loads on
+first use, not on `import dprime_tf`).
+"""
+
+_PUBLIC = {
+    # search
+    "SearchNetwork": "dprime_tf.search_space.cnn",
+    "BilevelSearch": "dprime_tf.searcher",
+    "SearchConfig": "dprime_tf.search_job",
+    "run_search": "dprime_tf.search_job",
+    # the method's math
+    "discretize": "dprime_tf.prime",
+    "proximity_penalty": "dprime_tf.prime",
+    "admm_penalty": "dprime_tf.prime",
+    "admm_update": "dprime_tf.prime",
+    "FixedSchedule": "dprime_tf.prime",
+    "DynamicSchedule": "dprime_tf.prime",
+    "weight_portion": "dprime_tf.prime",
+    "fisher_trace": "dprime_tf.prime",
+    # genotypes
+    "Genotype": "dprime_tf.genotype",
+    "derive_genotype": "dprime_tf.genotype",
+    "DARTS_V1": "dprime_tf.genotype",
+    "DARTS_V2": "dprime_tf.genotype",
+    # final networks
+    "build_cifar_network": "dprime_tf.networks.cnn",
+    "build_imagenet_network": "dprime_tf.networks.cnn",
+    "count_parameters": "dprime_tf.networks.cnn",
+    # errors
+    "UserError": "dprime_tf.errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'dprime_tf' has no attribute {name!r}")

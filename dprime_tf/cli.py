@@ -31,4 +31,12 @@ def run_main(main):
             print("interrupted: resume with --resume and the same --output_dir", file=sys.stderr)
             sys.exit(130)
 
-    app.run(wrapped)
+    def parse_flags(argv):
+        from absl import flags
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"error: {e} (see --helpfull)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped, flags_parser=parse_flags)

@@ -160,14 +160,13 @@ class StepCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.manager, self.step_variable, self.every = manager, step_variable, max(int(every), 1)
         self.is_chief = is_chief
+        self._last = None
 
     def _save(self):
         step = int(self.step_variable.numpy())
-        if self.manager.latest_checkpoint and self.manager.checkpoint.save_counter is not None \
-                and getattr(self, "_last", None) == step:
-            return
-        self.manager.save(checkpoint_number=step)
-        self._last = step
+        if step != self._last:
+            self.manager.save(checkpoint_number=step)
+            self._last = step
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.step_variable.numpy()) % self.every == 0:

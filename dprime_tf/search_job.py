@@ -193,6 +193,8 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
         "weight_images": len(weight_idx), "alpha_images": len(alpha_idx), "steps_per_epoch": steps_per_epoch,
     }
     if chief:
+        runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), alpha_normal=net.alpha_normal.numpy(),
+                          alpha_reduce=net.alpha_reduce.numpy())
         runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
         runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
         _write_plots(run_dir, net, alpha_hist, genotype, history=True)

@@ -86,7 +86,7 @@ def reference_targets(model, prefix="p:"):
             kern = group.kernels[opname]
             i = int(rest.split(".")[1])
             if i == 1:
-                out.append((kern["dw1"], (slice(None), slice(None), slice(None), pos), _dw(w)))
+                out.append((kern["dw1"], (slice(None), slice(None), slice(pos * c, (pos + 1) * c), 0), _dw(w)))
             elif i == 2:
                 out.append((kern["pw1"], (pos,), _pw(w)))
             elif i == 5:

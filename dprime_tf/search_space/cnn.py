@@ -3,9 +3,9 @@
 Layout is NHWC. A cell's 14 mixed edges are grouped by the state they leave:
 all edges leaving one state see the same input, so `MixedEdges` computes the
 parameter-free parts once per state (the ReLU in front of every conv op, both
-pools with their BN, the identity) and the per-edge convolutions of all those
-edges as one batched op (a depthwise conv with one channel multiplier per
-edge, then per-edge pointwise convs as one batched matmul). This is the same
+pools with their BN, the identity) and the depthwise convolutions and batch
+norms of all those edges as single ops over an edge-major channel layout.
+This is the same
 arithmetic as the reference's per-edge MixedOp, with ~10x fewer graph nodes,
 which is what makes the first step trace in seconds instead of minutes.
 
@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.search_space.layers import StatefulLayer, torch_default_init
+from dprime_tf.search_space.layers import StatefulLayer, add_batch_norm, torch_default_init
 from dprime_tf.search_space.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
@@ -69,7 +69,8 @@ class FactorizedReduce(StatefulLayer):
 
     `copies` > 1 computes that many independent reduces of the same input at
     once (the skip_connect of every stride-2 edge leaving one state); the
-    output then has shape (B, H/2, W/2, copies, c_out).
+    output's channels are then edge-major: copy m owns channels
+    [m * c_out, (m + 1) * c_out).
     """
 
     def __init__(self, c_out, copies=1, affine=False, **kwargs):
@@ -84,17 +85,18 @@ class FactorizedReduce(StatefulLayer):
         init = torch_default_init(c_in)
         self.conv_1 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_1")
         self.conv_2 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_2")
-        shape = (self.copies, self.c_out) if self.copies > 1 else (self.c_out,)
-        self.bn = self.add_bn("bn", shape, affine=self.affine)
+        self.bn = self.add_bn("bn", (self.copies * self.c_out,), affine=self.affine)
 
     def call(self, x, training=False, relu_applied=False):
         if not relu_applied:
             x = tf.nn.relu(x)
         a = tf.nn.conv2d(x[:, ::2, ::2, :], self.conv_1, 1, "VALID")
         b = tf.nn.conv2d(x[:, 1::2, 1::2, :], self.conv_2, 1, "VALID")
-        if self.copies > 1:
-            shape = tf.concat([tf.shape(a)[:3], [self.copies, self.c_out // 2]], 0)
-            out = tf.concat([tf.reshape(a, shape), tf.reshape(b, shape)], axis=-1)
+        if self.copies > 1:  # interleave the halves per copy: [a_0, b_0, a_1, b_1, ...]
+            hw = tf.shape(a)[:3]
+            split = tf.concat([hw, [self.copies, self.c_out // 2]], 0)
+            out = tf.reshape(tf.concat([tf.reshape(a, split), tf.reshape(b, split)], axis=-1),
+                             tf.concat([hw, [self.copies * self.c_out]], 0))
         else:
             out = tf.concat([a, b], axis=-1)
         return self.batch_norm(out, self.bn, training)
@@ -128,6 +130,12 @@ class MixedEdges(StatefulLayer):
 
     Call with the state x (B, H, W, C) and the (n_edges, 8) mixing weights of
     those edges; returns a list of n_edges tensors, one per edge, in order.
+
+    Layout: the per-edge conv ops work on (B, H, W, n_edges * C) tensors,
+    edge-major (edge m owns channels [m*C, (m+1)*C)): the ReLU'd input is
+    tiled once, every depthwise conv covers all edges in one op, and batch
+    norm is one fused op over all edges. Pointwise convs are one 1x1 conv per
+    edge (measured ~4x faster on CPU than a batched einsum, which transposes).
     """
 
     def __init__(self, channels, n_edges, stride, **kwargs):
@@ -141,14 +149,14 @@ class MixedEdges(StatefulLayer):
         self.kernels = {}
         for name, (k, _, separable) in CONV_OPS.items():
             w = {
-                "dw1": self.add_weight(shape=(k, k, c, n), initializer=torch_default_init(k * k), name=f"{name}_dw1"),
+                "dw1": self.add_weight(shape=(k, k, n * c, 1), initializer=torch_default_init(k * k), name=f"{name}_dw1"),
                 "pw1": self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw1"),
-                "bn1": self.add_bn(f"{name}_bn1", (n, c)),
+                "bn1": self.add_bn(f"{name}_bn1", (n * c,)),
             }
             if separable:
                 w["dw2"] = self.add_weight(shape=(k, k, n * c, 1), initializer=torch_default_init(k * k), name=f"{name}_dw2")
                 w["pw2"] = self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw2")
-                w["bn2"] = self.add_bn(f"{name}_bn2", (n, c))
+                w["bn2"] = self.add_bn(f"{name}_bn2", (n * c,))
             self.kernels[name] = w
         self.max_pool_bn = self.add_bn("max_pool_bn", (c,))
         self.avg_pool_bn = self.add_bn("avg_pool_bn", (c,))
@@ -156,44 +164,46 @@ class MixedEdges(StatefulLayer):
             self.reduce = FactorizedReduce(c, copies=n, name="skip_reduce")
             self.reduce.build(input_shape)
 
-    def _conv_op(self, relu_x, name, training):
+    def _pointwise(self, y, kernel):
+        """Edge m's 1x1 conv on its channel block, for every edge."""
+        if self.n_edges == 1:
+            return tf.nn.conv2d(y, kernel[0][None, None], 1, "VALID")
+        parts = tf.split(y, self.n_edges, axis=-1)
+        return tf.concat([tf.nn.conv2d(p, kernel[m][None, None], 1, "VALID") for m, p in enumerate(parts)], -1)
+
+    def _conv_op(self, tiled, name, training):
         k, dilation, separable = CONV_OPS[name]
         w = self.kernels[name]
-        n, c = self.n_edges, self.channels
-        y = depthwise(relu_x, w["dw1"], self.stride, dilation)  # (B, H, W, c * n), channel = c_i * n + e
-        hw = tf.shape(y)[:3]
-        y = tf.reshape(y, tf.concat([hw, [c, n]], 0))
-        y = self.batch_norm(tf.einsum("bhwcn,ncd->bhwnd", y, w["pw1"]), w["bn1"], training)
+        y = depthwise(tiled, w["dw1"], self.stride, dilation)
+        y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training)
         if not separable:
             return y
-        y = tf.reshape(tf.nn.relu(y), tf.concat([hw, [n * c]], 0))
-        y = tf.reshape(depthwise(y, w["dw2"]), tf.concat([hw, [n, c]], 0))
-        return self.batch_norm(tf.einsum("bhwnc,ncd->bhwnd", y, w["pw2"]), w["bn2"], training)
+        y = depthwise(tf.nn.relu(y), w["dw2"])
+        return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training)
 
     def call(self, x, weights, training=False):
+        n, c = self.n_edges, self.channels
+        w = tf.cast(weights, x.dtype)  # (n, 8)
         relu_x = tf.nn.relu(x)
-        w = tf.cast(weights, x.dtype)[None, None, None, :, :]  # (1, 1, 1, n, 8)
-        pooled = {
+        tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
+        per_edge = {name: self._conv_op(tiled, name, training) for name in CONV_OPS}
+        if self.stride == 2:
+            per_edge["skip_connect"] = self.reduce(relu_x, training=training, relu_applied=True)
+        total = tf.add_n([value * tf.repeat(w[:, OP[name]], c) for name, value in per_edge.items()])
+        total = tf.reshape(total, tf.concat([tf.shape(total)[:3], [n, c]], 0))
+        # Ops that are the same for every edge (no per-edge weights): computed once.
+        shared = {
             "max_pool_3x3": self.batch_norm(subsample(tf.nn.max_pool2d(x, 3, 1, "SAME"), self.stride),
                                             self.max_pool_bn, training),
             "avg_pool_3x3": self.batch_norm(subsample(tf.nn.avg_pool2d(x, 3, 1, "SAME"), self.stride),
                                             self.avg_pool_bn, training),
-            "skip_connect": x if self.stride == 1 else None,
         }
-        # Ops shared by all edges: (B, H, W, C) -> broadcast over the edge axis.
-        total = None
-        for name, value in pooled.items():
-            if value is None:
-                continue
-            term = value[:, :, :, None, :] * w[..., OP[name]:OP[name] + 1]
-            total = term if total is None else total + term
-        per_edge = {name: self._conv_op(relu_x, name, training) for name in CONV_OPS}
-        if self.stride == 2:
-            per_edge["skip_connect"] = self.reduce(relu_x, training=training, relu_applied=True)
-        for name, value in per_edge.items():
-            total = total + value * w[..., OP[name]:OP[name] + 1]
+        if self.stride == 1:
+            shared["skip_connect"] = x
+        for name, value in shared.items():
+            total = total + value[:, :, :, None, :] * w[None, None, None, :, OP[name]:OP[name] + 1]
         # `none` contributes zeros and is skipped.
-        return tf.unstack(total, num=self.n_edges, axis=3)
+        return tf.unstack(total, num=n, axis=3)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "n_edges": self.n_edges, "stride": self.stride}
@@ -302,7 +312,7 @@ class SearchNetwork(keras.Model):
             return
         self.stem_kernel = self.add_weight(shape=(3, 3, 3, self.stem_channels),
                                            initializer=torch_default_init(27), name="stem_kernel")
-        self.stem_bn = StatefulLayer.add_bn(self, "stem_bn", (self.stem_channels,), affine=True)
+        self.stem_bn = add_batch_norm(self, "stem_bn", (self.stem_channels,), affine=True)
         for cell, (s0, s1) in zip(self.cells, self._cell_shapes):
             cell.build(s0, s1)
             cell.built = True

@@ -34,27 +34,41 @@ def batch_moments(x, axes):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         mean, var = tf.nn.moments(x, axes)
         return mean, var, local_count
-    s = tf.reduce_sum(x, axes)
-    ss = tf.reduce_sum(tf.square(x), axes)
-    s, ss, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [s, ss, local_count])
+    # Two passes (mean, then squared deviations) over the global batch: the
+    # one-pass E[x^2] - E[x]^2 loses float32 precision when |mean| >> std.
+    s, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x, axes), local_count])
     mean = s / count
-    return mean, tf.maximum(ss / count - tf.square(mean), 0.0), count
+    ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axes))
+    return mean, ss / count, count
+
+
+def add_batch_norm(layer, name, shape, affine=False):
+    """Creates BN state on `layer`: running mean/var (and gamma/beta if affine)."""
+    stats = {key: _add_running_stat(layer, f"{name}_moving_{key}", shape, init)
+             for key, init in (("mean", "zeros"), ("var", "ones"))}
+    if affine:
+        stats["gamma"] = layer.add_weight(shape=shape, initializer="ones", name=f"{name}_gamma")
+        stats["beta"] = layer.add_weight(shape=shape, initializer="zeros", name=f"{name}_beta")
+    return stats
+
+
+def _add_running_stat(layer, name, shape, initializer):
+    """A running statistic, synchronized on read: under tf.distribute every
+    replica updates its own copy (no cross-replica call per BN layer; the
+    copies agree because the batch statistics are global) and saving reads
+    their mean."""
+    with layer._open_name_scope():
+        var = keras.Variable(initializer=keras.initializers.get(initializer), shape=shape, dtype="float32",
+                             trainable=False, name=name, aggregation="mean", synchronization="on_read")
+    layer._track_variable(var)
+    return var
 
 
 class StatefulLayer(keras.layers.Layer):
     """A layer that owns batch-norm running statistics, created in build()."""
 
     def add_bn(self, name, shape, affine=False):
-        stats = {
-            "mean": self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                    name=f"{name}_moving_mean", aggregation="mean"),
-            "var": self.add_weight(shape=shape, initializer="ones", trainable=False,
-                                   name=f"{name}_moving_var", aggregation="mean"),
-        }
-        if affine:
-            stats["gamma"] = self.add_weight(shape=shape, initializer="ones", name=f"{name}_gamma")
-            stats["beta"] = self.add_weight(shape=shape, initializer="zeros", name=f"{name}_beta")
-        return stats
+        return add_batch_norm(self, name, shape, affine)
 
     @staticmethod
     def batch_norm(x, stats, training):

@@ -1,0 +1,99 @@
+"""The search command line: flag errors, missing data, and resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dprime_tf import runs
+from dprime_tf.errors import UserError
+from dprime_tf.search_job import SearchConfig, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=sample", "--layers=3", "--init_channels=4", "--batch_size=16", "--val_steps=1",
+        "--verbose=0", "--seed=5"]
+
+
+def cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "dprime_tf.search", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(epochs=0), "--epochs must be >= 1"),
+    (dict(layers=2), "--layers must be >= 3"),
+    (dict(init_channels=5), "even number"),
+    (dict(threshold_multiplier=0.9), "must be > 1"),
+    (dict(image_size=30), "multiple of 4"),
+    (dict(learning_rate_min=1.0), "--learning_rate_min"),
+    (dict(schedule="sometimes"), "--schedule must be one of fixed, dynamic"),
+])
+def test_config_validation(change, message):
+    with pytest.raises(UserError, match=message):
+        validate(SearchConfig(output_dir="x", **change))
+
+
+def one_line_error(proc, fragment):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    one_line_error(cli("--schedule=often", f"--output_dir={tmp_path}/a"), "often")
+    one_line_error(cli("--epochs=-1", f"--output_dir={tmp_path}/b"), "--epochs must be >= 1")
+    one_line_error(cli(f"--dataset=folder:{tmp_path}/nope", f"--output_dir={tmp_path}/c"), "nope")
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    one_line_error(cli("--dataset=cifar10", f"--data_dir={empty}", f"--output_dir={tmp_path}/d"), "--data_dir")
+    one_line_error(cli("--resume", f"--output_dir={tmp_path}/e"), "no checkpoint")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("1")
+    one_line_error(cli(f"--output_dir={tmp_path}/full"), "not empty")
+    # Nothing was left behind by the failed runs.
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "history.csv").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """A search killed mid-epoch and resumed ends exactly as an uninterrupted one."""
+    common = TINY + ["--epochs=2", "--steps_per_epoch=15", "--checkpoint_every=4",
+                     "--schedule=dynamic", "--threshold_multiplier=1.5", "--schedfreq=2",
+                     "--arch_learning_rate=0.01"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = cli(*common, f"--output_dir={full}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    child = subprocess.Popen([sys.executable, "-m", "dprime_tf.search", *common, f"--output_dir={killed}"],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = killed / "history.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill mid-epoch 0, after the step-8 checkpoint
+        if history.exists() and len(history.read_text().splitlines()) > 11:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert len(history.read_text().splitlines()) - 1 < 30, "the run finished before it could be killed"
+    assert not (killed / "genotype.json").exists()
+
+    proc = cli("--resume", f"--output_dir={killed}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = runs.read_history(full / "history.csv"), runs.read_history(killed / "history.csv")
+    assert list(b["step"]) == list(range(30))  # none repeated, none missing
+    assert a["alpha_step"].sum() >= 3  # alphas did move in this run
+    for col in ("alpha_step", "tau", "fi_ewma", "batch_loss"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
+    assert json.loads((full / "genotype.json").read_text()) == json.loads((killed / "genotype.json").read_text())
+    fa, fb = np.load(full / "alphas.npz"), np.load(killed / "alphas.npz")
+    for key in ("alpha_normal", "alpha_reduce"):
+        np.testing.assert_allclose(fb[key], fa[key], atol=1e-5)
