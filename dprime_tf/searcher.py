@@ -1,9 +1,17 @@
 """The bilevel DARTS-PRIME search loop as a Keras model (SPEC section 3).
 
-`BilevelSearch` wraps a supernet (anything with `alphas`, `trainable_weights`,
-`discretize_kwargs()` and a `call(x, training)` returning logits) and
-overrides `train_step`/`test_step`, so `fit()` with its callbacks, progress
-bar and tf.distribute strategies drives the search.
+`BilevelSearch` wraps a supernet and overrides `train_step`/`test_step`, so
+`fit()` with its callbacks, progress bar and tf.distribute strategies drives
+the search. The loop knows nothing of images or text; a supernet provides:
+
+- `alphas`: its architecture variables (non-trainable Keras variables);
+- `trainable_weights`: the network weights (alphas excluded);
+- `loss_terms(data, training, stream)`: this replica's sums for one batch,
+  {"loss_sum": summed NLL, "count": examples or tokens, optionally
+  "correct": right predictions, "penalty": an extra term of the weight loss
+  (e.g. activation regularization)}; `stream` is "weight", "alpha" or
+  "eval", so a recurrent model can carry a hidden state per stream;
+- `discretize_kwargs()` (the genotype rule for the penalties) and `genotype()`.
 
 One step, in the SPEC's order:
 1. the schedule decides (from the synced FI EWMA and tau) whether to take an
@@ -125,25 +133,16 @@ class BilevelSearch(keras.Model):
                              for a, z, u in zip(alphas, self.admm_z, self.admm_u)])
         return tf.constant(0.0)
 
-    @staticmethod
-    def _cross_entropy_sum(y, logits):
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
-        return tf.reduce_sum(ce), correct
-
     # -- one replica ----------------------------------------------------------
     def _replica_alpha_step(self, alpha_data, progress):
         """Alpha step on one alpha-stream batch: CE + regularizer, Adam with coupled L2."""
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
-        xa, ya = data_xy(alpha_data)
-        global_batch = tf.cast(tf.shape(xa)[0] * replicas, tf.float32)
         alpha_vars = [a.value for a in self.supernet.alphas]
         with tf.GradientTape() as tape:
             tape.watch(alpha_vars)
-            ce_sum, _ = self._cross_entropy_sum(ya, self.supernet(xa, training=True))
-            alpha_loss = ce_sum / global_batch + self.regularization(progress) / replicas
+            terms = self.supernet.loss_terms(alpha_data, training=True, stream="alpha")
+            alpha_loss = terms["loss_sum"] / _global(terms["count"], replicas) + self.regularization(progress) / replicas
         grads = ctx.all_reduce(_SUM, tape.gradient(alpha_loss, alpha_vars))
         self.alpha_optimizer.apply(grads, self.supernet.alphas)
         return alpha_loss  # this replica's share; the shares sum to the global loss
@@ -152,17 +151,17 @@ class BilevelSearch(keras.Model):
         """Weight step with plain CE; returns this replica's shares of loss/accuracy and FI."""
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
-        x, y = data_xy(data)
-        global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
         weights = self.supernet.trainable_weights
         with tf.GradientTape() as tape:
-            ce_sum, correct = self._cross_entropy_sum(y, self.supernet(x, training=True))
-            loss = ce_sum / global_batch
-        grads = ctx.all_reduce(_SUM, tape.gradient(loss, weights))
+            terms = self.supernet.loss_terms(data, training=True, stream="weight")
+            count = _global(terms["count"], replicas)
+            loss = terms["loss_sum"] / count
+            objective = loss + terms.get("penalty", 0.0) / replicas
+        grads = ctx.all_reduce(_SUM, tape.gradient(objective, weights))
         fi = prime.fisher_trace(grads)  # global gradients, before clipping and L2
         grads, _ = tf.clip_by_global_norm(grads, self.grad_clip, use_norm=tf.sqrt(fi))
         self.weight_optimizer.apply(grads, weights)
-        return {"loss": loss, "accuracy": correct / global_batch, "fi": fi / replicas}
+        return {"loss": loss, "accuracy": terms.get("correct", 0.0) / count, "fi": fi / replicas}
 
     # -- the step (cross-replica) ---------------------------------------------
     def train_step(self, data):
@@ -219,11 +218,10 @@ class BilevelSearch(keras.Model):
         return step
 
     def test_step(self, data):
-        x, y = data_xy(data)
-        ce_sum, correct = self._cross_entropy_sum(y, self.supernet(x, training=False))
-        n = tf.cast(tf.shape(x)[0], tf.float32)
-        self._val_trackers["loss"].update_state(ce_sum / n, sample_weight=n)
-        self._val_trackers["accuracy"].update_state(correct / n, sample_weight=n)
+        terms = self.supernet.loss_terms(data, training=False, stream="eval")
+        n = tf.cast(terms["count"], tf.float32)
+        self._val_trackers["loss"].update_state(terms["loss_sum"] / n, sample_weight=n)
+        self._val_trackers["accuracy"].update_state(terms.get("correct", 0.0) / n, sample_weight=n)
         return {k: t.result() for k, t in self._val_trackers.items()}
 
     def reset_metrics(self):
@@ -234,8 +232,6 @@ class BilevelSearch(keras.Model):
         return self.supernet.genotype()
 
 
-def data_xy(data):
-    if isinstance(data, dict):
-        return data["images"], data["labels"]
-    x, y = data[0], data[1]
-    return x, y
+def _global(local_count, replicas):
+    """Examples (or tokens) in the global batch; replicas get equal shares."""
+    return tf.cast(local_count, tf.float32) * replicas

@@ -337,6 +337,14 @@ class SearchNetwork(keras.Model):
         pooled = tf.reduce_mean(s1, axis=[1, 2])
         return tf.matmul(pooled, self.classifier_kernel) + self.classifier_bias
 
+    def loss_terms(self, data, training=False, stream="weight"):
+        """Summed cross-entropy, right predictions and count for one (images, labels) batch."""
+        x, y = data[0], tf.cast(tf.reshape(data[1], [-1]), tf.int32)
+        logits = tf.cast(self(x, training=training), tf.float32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
+        return {"loss_sum": tf.reduce_sum(ce), "correct": correct, "count": tf.shape(y)[0]}
+
     def mixing_weights(self):
         """softmax(alpha) per cell type, as numpy (14, 8) arrays."""
         return {"normal": tf.nn.softmax(self.alpha_normal).numpy(),
