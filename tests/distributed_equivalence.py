@@ -24,14 +24,19 @@ from dprime_tf.searcher import BilevelSearch  # noqa: E402
 def make(strategy, schedule, reg):
     with strategy.scope():
         net = SearchNetwork(4, 3, 10, image_size=16)
+        # m=4 and admm_freq=1: the dynamic schedule takes alpha steps within a few
+        # steps, and every alpha step updates ADMM's Z and U.
         search = BilevelSearch(net, steps_per_epoch=4, epochs=2, schedule=schedule, schedfreq=1,
-                               regularizer=reg, learning_rate=0.1, arch_learning_rate=0.05)
+                               threshold_multiplier=4.0, admm_freq=1, regularizer=reg,
+                               learning_rate=0.1, arch_learning_rate=0.05)
     return net, search
 
 
-def state(net, search):
-    return [v.numpy() for v in net.weights] + [search.fi_ewma.numpy(), search.tau.numpy(),
-                                               search.alpha_steps.numpy(), search.search_step.numpy()]
+def state(search):
+    """Everything the search owns: weights, BN statistics, alphas, schedule and ADMM state,
+    and the optimizers' slots."""
+    variables = search.weights + search.weight_optimizer.variables + search.alpha_optimizer.variables
+    return {v.path: v.numpy() for v in variables}
 
 
 def main(schedule="fixed", reg="prox", steps=2):
@@ -55,9 +60,11 @@ def main(schedule="fixed", reg="prox", steps=2):
             logs = search.train_function(it)
         out.setdefault("alpha_steps", []).append(int(search.alpha_steps.numpy()))
         out.setdefault("loss", []).append(float(logs["batch_loss"]))
-    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(state(net1, s1), state(net2, s2))]
-    names = [v.path for v in net1.weights] + ["fi_ewma", "tau", "alpha_steps", "search_step"]
-    worst = sorted(zip(diffs, names), reverse=True)[:5]
+    a, b = state(s1), state(s2)
+    assert a.keys() == b.keys() and len(a) > 100, (len(a), len(b))
+    worst = sorted(((float(np.max(np.abs(a[k] - b[k]))), k) for k in a), reverse=True)[:5]
+    diffs = [d for d, _ in worst]
+    out["variables"] = len(a)
     out["worst"] = [[n, d] for d, n in worst]
     moved = float(max(np.abs(a.numpy() - b).max() for a, b in zip(net1.alphas, [net2.alphas[0].numpy(), net2.alphas[1].numpy()])))
     out.update(max_diff=max(diffs), alpha_diff=moved,

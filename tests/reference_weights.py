@@ -88,11 +88,11 @@ def reference_targets(model, prefix="p:"):
             if i == 1:
                 out.append((kern["dw1"], (slice(None), slice(None), slice(pos * c, (pos + 1) * c), 0), _dw(w)))
             elif i == 2:
-                out.append((kern["pw1"], (pos,), _pw(w)))
+                out.append((kern["pw1"], (pos, 0, 0), _pw(w)))
             elif i == 5:
                 out.append((kern["dw2"], (slice(None), slice(None), slice(pos * c, (pos + 1) * c), 0), _dw(w)))
             elif i == 6:
-                out.append((kern["pw2"], (pos,), _pw(w)))
+                out.append((kern["pw2"], (pos, 0, 0), _pw(w)))
             else:
                 raise KeyError(name)
         else:

@@ -64,15 +64,13 @@ def test_run_directory_contents(short_search):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule,reg", [("fixed", "prox"), ("dynamic", "admm")])
-def test_two_replicas_match_one_device(schedule, reg):
-    """One global batch on 2 logical CPUs == one device: weights, alphas, BN stats, schedule state."""
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "distributed_equivalence.py"), schedule, reg, "3"],
+def test_two_replicas_match_one_device():
+    """Global batches on 2 logical CPUs == one device: weights, alphas, BN stats, schedule and ADMM state."""
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "distributed_equivalence.py"), "dynamic", "admm", "4"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert result["max_diff"] < 1e-5, result
-    if schedule == "fixed":  # schedfreq 1: an alpha step on every step, on both
-        assert result["alpha_steps"] == [3, 3]
-        assert result["alpha_moved"] > 1e-2
+    assert result["alpha_steps"][0] == result["alpha_steps"][1] >= 1, result  # alpha steps were taken
+    assert result["alpha_moved"] > 1e-2

@@ -150,12 +150,12 @@ class MixedEdges(StatefulLayer):
         for name, (k, _, separable) in CONV_OPS.items():
             w = {
                 "dw1": self.add_weight(shape=(k, k, n * c, 1), initializer=torch_default_init(k * k), name=f"{name}_dw1"),
-                "pw1": self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw1"),
+                "pw1": self.add_weight(shape=(n, 1, 1, c, c), initializer=torch_default_init(c), name=f"{name}_pw1"),
                 "bn1": self.add_bn(f"{name}_bn1", (n * c,)),
             }
             if separable:
                 w["dw2"] = self.add_weight(shape=(k, k, n * c, 1), initializer=torch_default_init(k * k), name=f"{name}_dw2")
-                w["pw2"] = self.add_weight(shape=(n, c, c), initializer=torch_default_init(c), name=f"{name}_pw2")
+                w["pw2"] = self.add_weight(shape=(n, 1, 1, c, c), initializer=torch_default_init(c), name=f"{name}_pw2")
                 w["bn2"] = self.add_bn(f"{name}_bn2", (n * c,))
             self.kernels[name] = w
         self.max_pool_bn = self.add_bn("max_pool_bn", (c,))
@@ -166,10 +166,11 @@ class MixedEdges(StatefulLayer):
 
     def _pointwise(self, y, kernel):
         """Edge m's 1x1 conv on its channel block, for every edge."""
+        kernels = tf.unstack(tf.convert_to_tensor(kernel), num=self.n_edges)
         if self.n_edges == 1:
-            return tf.nn.conv2d(y, kernel[0][None, None], 1, "VALID")
+            return tf.nn.conv2d(y, kernels[0], 1, "VALID")
         parts = tf.split(y, self.n_edges, axis=-1)
-        return tf.concat([tf.nn.conv2d(p, kernel[m][None, None], 1, "VALID") for m, p in enumerate(parts)], -1)
+        return tf.concat([tf.nn.conv2d(p, k, 1, "VALID") for p, k in zip(parts, kernels)], -1)
 
     def _conv_op(self, tiled, name, training):
         k, dilation, separable = CONV_OPS[name]
@@ -182,15 +183,21 @@ class MixedEdges(StatefulLayer):
         return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training)
 
     def call(self, x, weights, training=False):
+        # Graph size matters here (it sets the first step's tracing time), so
+        # slicing is done with one unstack rather than per-op indexing.
         n, c = self.n_edges, self.channels
         w = tf.cast(weights, x.dtype)  # (n, 8)
+        per_op = tf.unstack(w, num=NUM_OPS, axis=1)  # (n,) each
+        per_channel = tf.unstack(tf.reshape(tf.broadcast_to(w[:, None, :], [n, c, NUM_OPS]), [n * c, NUM_OPS]),
+                                 num=NUM_OPS, axis=1)  # (n * c,) each, edge-major
         relu_x = tf.nn.relu(x)
         tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
         per_edge = {name: self._conv_op(tiled, name, training) for name in CONV_OPS}
         if self.stride == 2:
             per_edge["skip_connect"] = self.reduce(relu_x, training=training, relu_applied=True)
-        total = tf.add_n([value * tf.repeat(w[:, OP[name]], c) for name, value in per_edge.items()])
-        total = tf.reshape(total, tf.concat([tf.shape(total)[:3], [n, c]], 0))
+        total = tf.add_n([value * per_channel[OP[name]] for name, value in per_edge.items()])
+        height, width = total.shape[1], total.shape[2]
+        total = tf.reshape(total, [-1, height, width, n, c])
         # Ops that are the same for every edge (no per-edge weights): computed once.
         shared = {
             "max_pool_3x3": self.batch_norm(subsample(tf.nn.max_pool2d(x, 3, 1, "SAME"), self.stride),
@@ -201,7 +208,7 @@ class MixedEdges(StatefulLayer):
         if self.stride == 1:
             shared["skip_connect"] = x
         for name, value in shared.items():
-            total = total + value[:, :, :, None, :] * w[None, None, None, :, OP[name]:OP[name] + 1]
+            total = total + tf.expand_dims(value, 3) * tf.reshape(per_op[OP[name]], [n, 1])
         # `none` contributes zeros and is skipped.
         return tf.unstack(total, num=n, axis=3)
 

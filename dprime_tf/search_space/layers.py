@@ -80,26 +80,26 @@ class StatefulLayer(keras.layers.Layer):
         replicas the statistics are all-reduced over the global batch.
         """
         mean_var, var_var = stats["mean"].value, stats["var"].value
-        channels = int(np.prod(mean_var.shape))
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1 and training:
             return StatefulLayer._synced_batch_norm(x, stats)
-        shape = tf.shape(x)
-        x4 = tf.reshape(x, tf.concat([shape[:-len(mean_var.shape)], [channels]], 0)) \
-            if len(x.shape) != 4 or len(mean_var.shape) != 1 else x
-        if len(x4.shape) != 4:  # (B, C) and the like: add two unit spatial axes
-            x4 = tf.reshape(x4, tf.concat([tf.shape(x4)[:1], [1, -1, channels]], 0))
-        scale = tf.reshape(stats["gamma"].value, [channels]) if "gamma" in stats else tf.ones([channels], x.dtype)
-        offset = tf.reshape(stats["beta"].value, [channels]) if "beta" in stats else tf.zeros([channels], x.dtype)
+        channels = int(np.prod(mean_var.shape))
+        flat = len(mean_var.shape) == 1
+        x4 = x if (len(x.shape) == 4 and flat) else tf.reshape(x, [-1, 1, 1, channels])
+        scale = (stats["gamma"].value if flat else tf.reshape(stats["gamma"].value, [channels])) \
+            if "gamma" in stats else tf.ones([channels], x.dtype)
+        offset = (stats["beta"].value if flat else tf.reshape(stats["beta"].value, [channels])) \
+            if "beta" in stats else tf.zeros([channels], x.dtype)
         y, new_mean, new_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x4, scale=scale, offset=offset,
-            mean=tf.reshape(mean_var, [channels]), variance=tf.reshape(var_var, [channels]),
+            mean=mean_var if flat else tf.reshape(mean_var, [channels]),
+            variance=var_var if flat else tf.reshape(var_var, [channels]),
             epsilon=BN_EPS, exponential_avg_factor=BN_MOMENTUM if training else 1.0,
             data_format="NHWC", is_training=bool(training))
         if training:
-            mean_var.assign(tf.reshape(new_mean, mean_var.shape))
-            var_var.assign(tf.reshape(new_var, var_var.shape))
-        return tf.reshape(y, shape)
+            mean_var.assign(new_mean if flat else tf.reshape(new_mean, mean_var.shape))
+            var_var.assign(new_var if flat else tf.reshape(new_var, var_var.shape))
+        return y if x4 is x else tf.reshape(y, tf.shape(x))
 
     @staticmethod
     def _synced_batch_norm(x, stats):
