@@ -31,6 +31,9 @@ from dprime_tf.errors import UserError
 # -- atomic files ---------------------------------------------------------------
 def atomic_write(path: str, data: bytes | str) -> None:
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        # e.g. os.devnull: replacing it by rename would turn /dev/null into a regular file
+        raise ValueError(f"atomic_write: {path} exists and is not a regular file")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -154,6 +157,9 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     tf.train checkpoints are written atomically (the index file is renamed into
     place last), so a kill at any moment leaves the previous one usable.
+    Under a multi-worker strategy every worker must save (the save all-reduces
+    on-read variables); pass is_chief=False on the others, whose manager
+    points at a scratch directory that is emptied after each save.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, step_variable, every: int, is_chief: bool = True):
@@ -165,7 +171,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self):
         step = int(self.step_variable.numpy())
         if step != self._last:
-            self.manager.save(checkpoint_number=step)
+            self.manager.save(checkpoint_number=step)  # a collective under multi-worker strategies
+            if not self.is_chief:  # a non-chief worker's copy is scratch (TF's multi-worker pattern)
+                tf.io.gfile.rmtree(self.manager.directory)
             self._last = step
 
     def on_train_batch_end(self, batch, logs=None):
