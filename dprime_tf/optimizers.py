@@ -20,6 +20,7 @@ them a second time.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from dprime_tf import prime
@@ -55,6 +56,12 @@ class CoupledSGD(_CoupledDecayMixin, keras.optimizers.Optimizer):
         if self.l2:
             g = g + self.l2 * variable
         v = self.momentums[self._get_variable_index(variable)]
+        if isinstance(variable, tf.Variable) and isinstance(v.value, tf.Variable):
+            # One fused kernel (accum = momentum * accum + g; var -= lr * accum):
+            # exactly torch.optim.SGD's update, with ~5x fewer graph nodes.
+            tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=v.value.handle, lr=lr, grad=g,
+                                             momentum=tf.constant(self.momentum, variable.dtype))
+            return
         self.assign(v, self.momentum * v + g)
         self.assign_sub(variable, lr * v)
 
