@@ -8,7 +8,7 @@ Modules: `pipeline` (export_model: load, stage, convert, check, commit),
 `saved_model` (the serving SavedModel and its contract checks), `onnx`
 (tf2onnx conversion, onnxruntime), `layout` (paths, atomic staging,
 models.config; no TensorFlow), `client` (TF Serving REST/gRPC client),
-`bench` (SavedModel vs onnxruntime throughput). See SERVING.md.
+`bench` (SavedModel vs onnxruntime throughput). See BUILD.md (Serving a trained model).
 
 Importing this package does not import TensorFlow.
 """
