@@ -1,6 +1,22 @@
-"""Choosing the tf.distribute strategy from a flag."""
+"""Choosing the tf.distribute strategy from a flag.
+
+Several hosts (or processes) use MultiWorkerMirroredStrategy, configured the
+standard way through the TF_CONFIG environment variable, e.g. on worker 1 of 2:
+
+    TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
+                "task": {"type": "worker", "index": 1}}'
+
+Worker 0 (or a task of type "chief") is the chief: it writes the run
+directory. A worker that dies stops the others: a closed connection fails the
+pending collective at once; a silent one (a frozen process, a host off the
+network) is caught by the coordination service's heartbeats after
+`worker_timeout` seconds.
+"""
 
 from __future__ import annotations
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -8,16 +24,27 @@ from dprime_tf.errors import UserError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
+# What a lost worker looks like from the others: a collective aborted, the
+# peer unreachable, the coordination service reporting missed heartbeats.
+WORKER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+                   tf.errors.CancelledError, tf.errors.InternalError)
+_LOST_WORKER_HINTS = ("heartbeat", "unhealthy", "coordination", "socket closed", "collective ops is aborted",
+                      "connection", "unavailable")
 
-def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
+
+def make_strategy(name: str, cpu_devices: int = 0, worker_timeout: float = 60) -> tf.distribute.Strategy:
     """auto: MirroredStrategy when several GPUs are visible, else the default (one device).
 
     `cpu_devices` > 1 splits the CPU into that many logical devices (to run
     the multi-replica code path on a CPU-only machine; must be called before
-    TensorFlow initializes its devices).
+    TensorFlow initializes its devices). `worker_timeout` (multi_worker):
+    seconds without a heartbeat before a worker counts as lost; the wait for
+    all workers to join at start-up is bounded by 10x that.
     """
     if name == "multi_worker":
         # Must exist before any other op ("collective ops must be configured at program startup").
+        cluster = read_tf_config()
+        _configure_coordination_service(cluster, worker_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
@@ -35,9 +62,81 @@ def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
     raise UserError(f"unknown --strategy '{name}' (use one of {', '.join(STRATEGIES)})")
 
 
+def read_tf_config() -> dict:
+    """TF_CONFIG, checked: {"cluster": {job: [host:port, ...]}, "task": {"type": job, "index": i}}."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        raise UserError("--strategy=multi_worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
+                        "[\"host0:port\", \"host1:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' "
+                        "(see docs/distributed_and_tuning.md)")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"TF_CONFIG is not valid JSON: {e}") from None
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster or not isinstance(task, dict):
+        raise UserError("TF_CONFIG needs a \"cluster\" ({job: [host:port, ...]}) and a \"task\" "
+                        "({\"type\": job, \"index\": i})")
+    unknown = set(cluster) - {"chief", "worker"}
+    if unknown:
+        raise UserError(f"TF_CONFIG: jobs {sorted(unknown)} are not used by MultiWorkerMirroredStrategy "
+                        "(use \"chief\" and/or \"worker\")")
+    if len(cluster.get("chief", [])) > 1:
+        raise UserError("TF_CONFIG: at most one chief")
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise UserError(f"TF_CONFIG: task {task} is not in the cluster {cluster}")
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise UserError(f"TF_CONFIG: cluster job '{job}' must be a list of \"host:port\" strings")
+    return config
+
+
+def _configure_coordination_service(tf_config: dict, worker_timeout: float) -> None:
+    """What MultiWorkerMirroredStrategy configures itself, with our heartbeat and join timeouts."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    if worker_timeout <= 0:
+        raise UserError("--worker_timeout must be > 0 seconds")
+    cluster = tf_config["cluster"]
+    spec = tf.train.ClusterSpec(cluster)
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
+            for job in ("chief", "worker") if job in cluster]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        heartbeat_timeout_in_ms=int(worker_timeout * 1000),
+        cluster_register_timeout_in_ms=int(10 * worker_timeout * 1000),
+        coordinated_jobs=jobs)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._num_workers > 1  # noqa: SLF001
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def is_worker_failure(error: Exception) -> bool:
+    """Whether `error` (raised in a multi-worker run) says that another worker is gone."""
+    if isinstance(error, (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)):
+        return True
+    return isinstance(error, WORKER_FAILURES) and any(h in str(error).lower() for h in _LOST_WORKER_HINTS)
+
+
+def worker_failure_message(error: Exception) -> str:
+    """One line for a lost worker: what happened and how to go on."""
+    detail = str(getattr(error, "message", error)).strip().splitlines()
+    detail = detail[0] if detail else type(error).__name__
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return (f"lost contact with another worker of the cluster ({type(error).__name__}: {detail}); stopping. "
+            "Restart all workers with --resume and the same --output_dir to continue from the last checkpoint")

@@ -100,3 +100,35 @@ def plot_cell(path, gene, concat, title: str):
     ax.axis("off")
     ax.set_title(title)
     _save(fig, path)
+
+
+def plot_recurrent_cell(path, genotype, title: str):
+    """A recurrent cell diagram: x_t and h_{t-1} -> s0, one labelled edge into each node, mean -> h_t."""
+    steps = len(genotype.recurrent)
+    xs = {0: 0.0, **{i: 1.4 * i for i in range(1, steps + 1)}}
+    fig, ax = plt.subplots(figsize=(2.0 + 1.2 * steps, 3.6))
+    for k, (op, src) in enumerate(genotype.recurrent):
+        dst = k + 1
+        rad = -0.5 if dst - src > 1 else 0.0
+        ax.annotate("", xy=(xs[dst], 0), xytext=(xs[src], 0),
+                    arrowprops=dict(arrowstyle="->", color="0.3", shrinkA=12, shrinkB=12,
+                                    connectionstyle=f"arc3,rad={rad}"))
+        height = 0.35 * (dst - src) + 0.02 if rad else 0.1  # the arc's apex: rad * length / 2
+        ax.text((xs[src] + xs[dst]) / 2, height, op, fontsize=7, ha="center", va="bottom", color="C0")
+    out = (xs[steps] / 2, -1.3)
+    for node in genotype.concat:
+        ax.annotate("", xy=out, xytext=(xs[node], 0), arrowprops=dict(arrowstyle="->", color="0.75",
+                                                                     shrinkA=12, shrinkB=12))
+    ax.annotate("", xy=(xs[0], 0), xytext=(-1.3, 0.5), arrowprops=dict(arrowstyle="->", color="0.5", shrinkB=12))
+    ax.annotate("", xy=(xs[0], 0), xytext=(-1.3, -0.5), arrowprops=dict(arrowstyle="->", color="0.5", shrinkB=12))
+    ax.text(-1.4, 0.5, "x_t", ha="right", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="lightgreen"))
+    ax.text(-1.4, -0.5, "h_{t-1}", ha="right", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="lightgreen"))
+    for node, x in xs.items():
+        ax.text(x, 0, "s0" if node == 0 else str(node), ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round", fc="lightblue"))
+    ax.text(*out, "h_t (mean)", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="khaki"))
+    ax.set_xlim(-2.3, xs[steps] + 0.7)
+    ax.set_ylim(-1.7, 0.5 + 0.35 * max(d - s for d, (_, s) in enumerate(genotype.recurrent, 1)))
+    ax.axis("off")
+    ax.set_title(title)
+    _save(fig, path)

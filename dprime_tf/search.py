@@ -3,6 +3,7 @@
     python -m dprime_tf.search                                   # embedded sample, small and quick
     python -m dprime_tf.search --flagfile=configs/cifar.flags    # the paper's CIFAR-10 search
     python -m dprime_tf.search --output_dir=runs/x --resume      # continue an interrupted run
+    python -m dprime_tf.search --flagfile=configs/ptb_quick.flags  # a recurrent cell on embedded PTB text
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ FLAGS = flags.FLAGS
 
 # Data
 flags.DEFINE_string("dataset", "sample", "sample (embedded CIFAR-10 subset), cifar10, cifar100, or folder:<path> "
-                    "(one sub-folder of images per class).")
+                    "(one sub-folder of images per class); a text corpus searches a recurrent cell: ptb_sample "
+                    "(embedded Penn Treebank text), ptb (ptb.*.txt in --data_dir) or textdir:<path>.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory for cifar10/cifar100.")
 flags.DEFINE_integer("image_size", None, "Resize folder images to this size (default 32; CIFAR is 32).")
 # Run
@@ -32,14 +34,22 @@ flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas
 flags.DEFINE_integer("seed", 2, "Random seed (weights, alphas, data order, augmentation).")
 flags.DEFINE_integer("val_steps", 0, "Validation batches per epoch from the alpha split (0: all).")
 flags.DEFINE_integer("checkpoint_every", 50, "Checkpoint every N steps (and at each epoch end).")
+flags.DEFINE_bool("deterministic", False, "Deterministic kernels and one thread per op (slower). Narrows, but "
+                  "on CPUs does not remove, last-bit differences between two runs of the same flags.")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy: auto (all GPUs of this host), "
                   "default (one device), mirrored, multi_worker (TF_CONFIG).")
+flags.DEFINE_integer("worker_timeout", 60, "multi_worker: seconds without a heartbeat from a worker before the "
+                     "others stop with an error (also bounds the wait for all workers at start-up: 10x).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (to exercise the multi-replica "
                      "path without GPUs).")
 # Network
 flags.DEFINE_integer("layers", 8, "Cells in the search network (L).")
 flags.DEFINE_integer("init_channels", 16, "Initial channels (C).")
+# Recurrent search space (when --dataset is a text corpus)
+from dprime_tf import rnn_flags  # noqa: E402
+
+flags.adopt_module_key_flags(rnn_flags)
 # Method
 flags.DEFINE_enum("schedule", "dynamic", prime.SCHEDULES, "Alpha-step schedule: dynamic (DARTS-PRIME) or fixed.")
 flags.DEFINE_enum("split", "dynamic", prime.SPLITS, "Train/alpha split: dynamic (1-1/(1+schedfreq)) or half.")
@@ -61,6 +71,10 @@ flags.DEFINE_float("arch_weight_decay", 1e-3, "Alpha L2 (added to the gradient).
 
 
 def config_from_flags():
+    from dprime_tf.search_job_rnn import is_text_dataset
+    if is_text_dataset(FLAGS.dataset):  # the recurrent search: its own config and defaults
+        from dprime_tf.search_job_rnn import config_from_flags as rnn_config_from_flags
+        return rnn_config_from_flags(FLAGS)
     from dprime_tf.runs import default_run_dir
     from dprime_tf.search_job import SearchConfig
     names = [f.name for f in __import__("dataclasses").fields(SearchConfig)]
@@ -70,30 +84,49 @@ def config_from_flags():
 
 
 def main(argv):
+    from dprime_tf.errors import UserError
     if len(argv) > 1:
-        from dprime_tf.errors import UserError
         raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
     import os
     import sys
     if FLAGS.resume:
         if not FLAGS.output_dir:
-            from dprime_tf.errors import UserError
             raise UserError("--resume needs the --output_dir of the run to continue")
         saved = os.path.join(FLAGS.output_dir, "flags.txt")
         if os.path.exists(saved):  # the run's own flags, then what this command line changes
             FLAGS.unparse_flags()
             FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
-    from dprime_tf.distribute import make_strategy
+    if FLAGS.strategy == "multi_worker" and not FLAGS.output_dir:
+        raise UserError("--strategy=multi_worker needs --output_dir (the same on every worker; the chief writes it)")
+    # The strategy comes first: MultiWorkerMirroredStrategy must be created
+    # before any other TensorFlow op (nothing above runs one).
+    from dprime_tf.distribute import is_chief, make_strategy
+    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices, worker_timeout=FLAGS.worker_timeout)
     from dprime_tf.search_job import run_search, validate
     cfg = config_from_flags()
     validate(cfg)
-    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    if cfg.deterministic:
+        from dprime_tf.search_job import make_deterministic
+        make_deterministic()
     flags_text = "".join(f"{line}\n" for line in FLAGS.flags_into_string().splitlines()
                          if line.split("=")[0].lstrip("-") in {f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
                          and not line.startswith("--resume") and not line.startswith("--noresume"))
     if not FLAGS.output_dir:
         flags_text += f"--output_dir={os.path.abspath(cfg.output_dir)}\n"
-    summary = run_search(cfg, strategy, flags_text=flags_text)
+    from dprime_tf.distribute import WORKER_FAILURES, is_multi_worker, is_worker_failure, worker_failure_message
+    try:
+        summary = run_search(cfg, strategy, flags_text=flags_text)
+    except WORKER_FAILURES as e:
+        if not (is_multi_worker(strategy) and is_worker_failure(e)):
+            raise
+        # Exit now: a normal interpreter exit would wait in TensorFlow's
+        # shutdown (its coordination service) for the worker that is gone.
+        print(f"error: {worker_failure_message(e)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+    if not is_chief(strategy):
+        print(f"\nworker done; the chief wrote the run directory {summary['run_dir']}")
+        return
     print(f"\nrun directory: {summary['run_dir']}")
     print(f"alpha steps: {summary['alpha_steps']} of {summary['steps']} steps ({summary['alpha_step_rate']:.3f})")
     print("genotype:", __import__("json").dumps(summary["genotype"]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -19,6 +21,7 @@ from dprime_tf import plots, prime, runs
 from dprime_tf.data import images
 from dprime_tf.distribute import is_chief
 from dprime_tf.errors import UserError
+from dprime_tf.progress import ProgressBar
 from dprime_tf.search_space.cnn import SearchNetwork
 from dprime_tf.searcher import STEP_LOGS, BilevelSearch
 
@@ -31,6 +34,7 @@ class SearchConfig:
     output_dir: str = ""
     resume: bool = False
     epochs: int = 50
+    until_epoch: int = 0  # stop after this epoch; schedules still span `epochs` (0: `epochs`; Hyperband)
     steps_per_epoch: int = 0  # 0: a full pass over the weight split
     batch_size: int = 64
     layers: int = 8
@@ -54,13 +58,18 @@ class SearchConfig:
     zu_ewma: float = prime.ZU_EWMA
     val_steps: int = 0  # 0: the whole alpha split
     checkpoint_every: int = 50
+    deterministic: bool = False  # deterministic kernels, one thread per op (slower)
     verbose: int = 1
 
 
 def validate(cfg: SearchConfig) -> None:
     """One-line errors for values the search cannot run with."""
+    if getattr(cfg, "search_space", "cnn") == "rnn":  # the recurrent (Penn Treebank) search
+        from dprime_tf import search_job_rnn
+        return search_job_rnn.validate(cfg)
     checks = [
         (cfg.epochs >= 1, "--epochs must be >= 1"),
+        (0 <= cfg.until_epoch <= cfg.epochs, "until_epoch must be in [0, --epochs]"),
         (cfg.batch_size >= 1, "--batch_size must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0 = a full pass)"),
         (cfg.layers >= 3, "--layers must be >= 3 (the network has two reduction cells)"),
@@ -95,10 +104,25 @@ def _summary_line(epoch, logs, genotype, alpha_steps, steps):
 def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None,
                flags_text: str | None = None, extra_callbacks=()) -> dict:
     """Runs (or resumes) a search; returns a summary dict (also in <run>/summary.json)."""
+    if getattr(cfg, "search_space", "cnn") == "rnn":  # the recurrent (Penn Treebank) search
+        from dprime_tf.search_job_rnn import run_rnn_search
+        return run_rnn_search(cfg, strategy, flags_text, extra_callbacks)
     validate(cfg)
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
+    # Multi-worker: only the chief writes the run directory. The other workers
+    # take part in every collective (checkpoint saves included) but write to a
+    # private temporary directory that is removed at the end.
     run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume) if chief else os.path.abspath(cfg.output_dir)
+    worker_dir = None if chief else tempfile.mkdtemp(prefix="dprime-worker-")
+    try:
+        return _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
+    finally:
+        if worker_dir:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks):
     if chief and flags_text is not None:
         runs.write_flags(run_dir, flags_text)
     started = time.time()
@@ -113,6 +137,8 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
     steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass
     image_size = data.images.shape[1]
 
+    if cfg.deterministic:
+        make_deterministic()
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         net = SearchNetwork(cfg.init_channels, cfg.layers, data.num_classes, image_size=image_size)
@@ -123,25 +149,37 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
             learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
             arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq, zu_ewma=cfg.zu_ewma)
-    checkpoint = tf.train.Checkpoint(supernet=net, search=search, weight_optimizer=search.weight_optimizer,
-                                     alpha_optimizer=search.alpha_optimizer)
+    # Every variable by position: tf.train's object graph does not see the
+    # layers Keras keeps in lists (the cells), so BN statistics would be lost.
+    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
+                                     weight_optimizer=list(search.weight_optimizer.variables),
+                                     alpha_optimizer=list(search.alpha_optimizer.variables))
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(run_dir, f".worker-{os.getpid()}"),
+    # Saving is a collective under multi-worker strategies (on-read variables
+    # are all-reduced): every worker saves, non-chiefs into a scratch directory
+    # that StepCheckpoint empties after each save (TF's multi-worker pattern).
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
                                          max_to_keep=2)
     start_step = 0
     if cfg.resume:
-        checkpoint.restore(tf.train.latest_checkpoint(ckpt_dir)).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(ckpt_dir)
+        if latest is None:  # only a non-chief gets here (the chief checked in prepare_run_dir)
+            raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
+                            "chief's run directory (put --output_dir on a filesystem all hosts share)")
+        checkpoint.restore(latest).assert_existing_objects_matched()
         start_step = int(search.search_step.numpy())
         if cfg.verbose:
             print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
-    total_steps = steps_per_epoch * cfg.epochs
-    if start_step >= total_steps:
-        raise UserError(f"{run_dir} already finished its {cfg.epochs} epochs; raise --epochs to continue it")
+    end_epoch = cfg.until_epoch or cfg.epochs
+    if start_step >= steps_per_epoch * end_epoch:
+        raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
 
     alpha_path = os.path.join(run_dir, "alpha_history.npz")
     alpha_hist = dict(np.load(alpha_path)) if (cfg.resume and os.path.exists(alpha_path)) else {}
+    last_logs = {}
 
     def on_epoch_end(epoch, logs):
+        last_logs.update(epoch=epoch + 1, **{k: float(logs[k]) for k in ("val_loss", "val_accuracy") if k in logs})
         weights = net.mixing_weights()
         genotype = net.genotype()
         for kind in ("normal", "reduce"):
@@ -155,19 +193,22 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
             print(_summary_line(epoch, logs, genotype, int(search.alpha_steps.numpy()),
                                 int(search.search_step.numpy())), flush=True)
 
-    history_cb = runs.StepHistory(os.path.join(run_dir, "history.csv") if chief else os.devnull,
+    history_cb = runs.StepHistory(os.path.join(run_dir if chief else worker_dir, "history.csv"),
                                   STEP_LOGS, search.search_step, resume_step=start_step)
-    callbacks = [history_cb, runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every),
+    callbacks = [history_cb, runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every, is_chief=chief),
                  runs.EpochSummary(on_epoch_end), *extra_callbacks]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+    if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
+        callbacks.append(ProgressBar(("loss", "accuracy", "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
+                                     cfg.epochs))
 
     eval_data = images.make_eval_dataset(data, cfg.batch_size, alpha_idx)
     val_steps = cfg.val_steps or None
     epoch, offset = divmod(start_step, steps_per_epoch)
     # A resumed, half-done epoch runs as its own fit() of the remaining steps.
     segments = ([(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []) + \
-               ([(epoch + (1 if offset else 0), cfg.epochs, steps_per_epoch)] if epoch + (1 if offset else 0) < cfg.epochs else [])
+               ([(epoch + (1 if offset else 0), end_epoch, steps_per_epoch)] if epoch + (1 if offset else 0) < end_epoch else [])
     try:
         for first, last, steps in segments:
             done = int(search.search_step.numpy())
@@ -176,7 +217,7 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
             weight_stream = images.make_stream(data, weight_idx, cfg.batch_size, cfg.seed, start_batch=done)
             search.fit(weight_stream, epochs=last, initial_epoch=first, steps_per_epoch=steps,
                        validation_data=eval_data, validation_steps=val_steps, callbacks=callbacks,
-                       verbose=cfg.verbose)
+                       verbose=2 if (cfg.verbose == 2 and chief) else 0)
     finally:
         history_cb.close()
 
@@ -191,6 +232,9 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
         "network_weights": int(sum(np.prod(w.shape) for w in net.trainable_weights)),
         "dataset": data.name, "num_classes": data.num_classes, "image_size": int(image_size),
         "weight_images": len(weight_idx), "alpha_images": len(alpha_idx), "steps_per_epoch": steps_per_epoch,
+        # the supernet on the alpha split at the end of the last epoch run (keras-tuner's objective)
+        "epochs_done": int(search.search_step.numpy()) // steps_per_epoch,
+        **{k: v for k, v in last_logs.items() if k.startswith("val_")},
     }
     if chief:
         runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), alpha_normal=net.alpha_normal.numpy(),
@@ -200,6 +244,18 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
         _write_plots(run_dir, net, alpha_hist, genotype, history=True)
     summary["run_dir"] = run_dir
     return summary
+
+
+def make_deterministic():
+    """Deterministic kernels and one thread per op: multi-threaded CPU
+    reductions differ in the last bits from run to run, and a search amplifies
+    such differences. Slower; on CPUs some last-bit differences remain."""
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started its thread pools
+        pass
 
 
 def _write_plots(run_dir, net, alpha_hist, genotype, history=False):

@@ -64,6 +64,7 @@ class BilevelSearch(keras.Model):
         self.supernet = supernet
         self.schedule = prime.make_schedule(schedule, schedfreq, threshold_multiplier, fi_ewma_beta)
         self.schedule_name, self.regularizer = schedule, regularizer
+        self.metric = getattr(supernet, "metric", "accuracy")  # "perplexity": language models
         self.rho, self.grad_clip = float(rho), float(grad_clip)
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
         self.admm_freq, self.zu_ewma = int(admm_freq), float(zu_ewma)
@@ -190,7 +191,7 @@ class BilevelSearch(keras.Model):
         self._trackers["accuracy"].update_state(out["accuracy"])
         if_taken = tf.cast(take, tf.float32)
         self._trackers["alpha_loss"].update_state(tf.where(take, alpha_loss, 0.0), sample_weight=if_taken)
-        return {
+        return self._metric_logs({
             # running means over the epoch (what the progress bar shows) ...
             **{name: t.result() for name, t in self._trackers.items()},
             # ... and this step's values (what history.csv records)
@@ -198,7 +199,7 @@ class BilevelSearch(keras.Model):
             "alpha_steps": tf.cast(self.alpha_steps, tf.float32), "alpha_step": if_taken,
             "fi": out["fi"], "fi_ewma": tf.identity(self.fi_ewma), "tau": tf.identity(self.tau),
             "lr": self.lr_schedule(self.search_step - 1), "progress": progress,
-        }
+        })
 
     def _admm_step(self, took_alpha_step):
         """Every admm_freq alpha steps: Z = discretize(softmax(alpha + U)), U = zu*U + (alpha - Z)."""
@@ -218,15 +219,57 @@ class BilevelSearch(keras.Model):
         return step
 
     def test_step(self, data):
+        """One replica's sums for one batch; `make_test_function` reduces and averages them."""
         terms = self.supernet.loss_terms(data, training=False, stream="eval")
-        n = tf.cast(terms["count"], tf.float32)
-        self._val_trackers["loss"].update_state(terms["loss_sum"] / n, sample_weight=n)
-        self._val_trackers["accuracy"].update_state(terms.get("correct", 0.0) / n, sample_weight=n)
-        return {k: t.result() for k, t in self._val_trackers.items()}
+        return {"loss_sum": terms["loss_sum"], "correct": tf.cast(terms.get("correct", 0.0), tf.float32),
+                "count": tf.cast(terms["count"], tf.float32)}
+
+    def make_test_function(self, force=False):
+        """Validation in the cross-replica context: per-replica sums, one SUM reduction, exact global means.
+
+        Keras' own test function averages per-replica scalars with a reduction
+        that fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
+        and weights replicas equally even when the last batch splits unevenly.
+        """
+        if self.test_function is not None and not force:
+            return self.test_function
+        strategy = self.distribute_strategy
+
+        def step(iterator):
+            optional = iterator.get_next_as_optional()  # agrees across workers on the end of the data
+
+            def on_batch():
+                sums = strategy.run(self.test_step, args=(optional.get_value(),))
+                return [strategy.reduce(_SUM, sums[k], axis=None) for k in ("loss_sum", "correct", "count")]
+
+            has_value = optional.has_value()
+            loss_sum, correct, n = tf.cond(has_value, on_batch, lambda: [tf.constant(0.0)] * 3)
+            # Outside the cond: with no batch left, n = 0 and the trackers do not move.
+            self._val_trackers["loss"].update_state(tf.math.divide_no_nan(loss_sum, n), sample_weight=n)
+            self._val_trackers["accuracy"].update_state(tf.math.divide_no_nan(correct, n), sample_weight=n)
+            return has_value, self._metric_logs({k: t.result() for k, t in self._val_trackers.items()})
+
+        compiled = tf.function(step, autograph=False)
+
+        def test_function(iterator):
+            has_value, logs = compiled(iterator)
+            if not bool(has_value):
+                raise StopIteration
+            return logs
+
+        self.test_function = test_function
+        return test_function
 
     def reset_metrics(self):
         for t in list(self._trackers.values()) + list(self._val_trackers.values()):
             t.reset_state()
+
+    def _metric_logs(self, logs):
+        """Language models report perplexity, exp(mean NLL), in place of accuracy."""
+        if self.metric != "perplexity":
+            return logs
+        return {k.replace("accuracy", "perplexity"): tf.exp(logs[k.replace("accuracy", "loss")]) if "accuracy" in k
+                else v for k, v in logs.items()}
 
     def genotype(self):
         return self.supernet.genotype()
