@@ -1,0 +1,77 @@
+"""Run as a script: recurrent search steps on 2 logical CPU replicas vs one device.
+
+Under several replicas the recurrence is unrolled (batch norm all-reduces its
+statistics, which a while loop cannot hold) and masked past each window's
+length, the dropout masks are drawn for the global batch and sliced, and each
+replica carries its rows of the hidden states. Prints one JSON line with the
+largest differences of every variable (weights, alpha, BN statistics, hidden
+states, schedule state, optimizer slots) and of the validation loss.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from dprime_tf.data import text  # noqa: E402
+from dprime_tf.search_space.rnn import RecurrentSearchNetwork  # noqa: E402
+from dprime_tf.searcher import BilevelSearch  # noqa: E402
+
+V, H, B, BPTT = 50, 6, 4, 3
+
+
+def make(strategy):
+    with strategy.scope():
+        net = RecurrentSearchNetwork(V, H, H, 0.3, 0.2, 0.3, 0.2, 0.1, batch_sizes={"weight": B, "alpha": B, "eval": B})
+        search = BilevelSearch(net, steps_per_epoch=10, epochs=1, schedule="fixed", schedfreq=1, regularizer="prox",
+                               learning_rate=2.0, learning_rate_min=2.0, momentum=0.0, weight_decay=5e-7,
+                               grad_clip=0.25, arch_learning_rate=0.05, arch_beta_1=0.9)
+    return net, search
+
+
+def state(search):
+    """Every variable, keyed by its path without Keras' uniquifying suffix (the second model is "..._1")."""
+    variables = search.weights + search.weight_optimizer.variables + search.alpha_optimizer.variables
+    return {v.path.replace("_1/", "/").replace("network_1_", "network_"): np.asarray(v.numpy()) for v in variables}
+
+
+def main(steps=3):
+    ids = np.random.default_rng(0).integers(0, V, 600).astype(np.int32)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    one = tf.distribute.get_strategy()
+    net1, s1 = make(one)
+    net2, s2 = make(mirrored)
+    for a, b in zip(net1.weights, net2.weights):
+        b.assign(a.numpy())
+    out = {"replicas": mirrored.num_replicas_in_sync, "steps": steps}
+    for search, strategy in ((s1, one), (s2, mirrored)):
+        search.set_alpha_stream(text.make_stream(ids[::-1].copy(), B, BPTT, "fixed", seed=1))
+        search.make_train_function()
+        it = iter(strategy.experimental_distribute_dataset(text.make_stream(ids, B, BPTT, "search", seed=0)))
+        for _ in range(steps):
+            logs = search.train_function(it)
+        out.setdefault("alpha_steps", []).append(int(search.alpha_steps.numpy()))
+        out.setdefault("loss", []).append(float(logs["batch_loss"]))
+        val = search.evaluate(text.make_eval_dataset(ids[:300], B, BPTT), verbose=0, return_dict=True)
+        out.setdefault("val_loss", []).append(float(val["loss"]))
+    a, b = state(s1), state(s2)
+    assert a.keys() == b.keys(), (sorted(set(a) ^ set(b)))
+    worst = sorted(((float(np.max(np.abs(a[k] - b[k]))), k) for k in a), reverse=True)[:5]
+    out["variables"] = len(a)
+    out["worst"] = [[n, d] for d, n in worst]
+    out["max_diff"] = max(d for d, _ in worst)
+    out["hidden_weight_norm"] = float(np.abs(a[[k for k in a if k.endswith("hidden_weight")][0]]).sum())
+    out["alpha_moved"] = float(np.abs(net1.alpha.numpy()).max())
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
