@@ -132,28 +132,7 @@ def check_dataset_spec(spec):
                     "folder:<path> (one sub-folder of images per class)")
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow with file descriptor 2 sent to a temporary file: its
-    C++ start-up lines (CUDA probing) appear before any log level applies, and
-    would surround a command line's one-line error. Replayed if the import fails."""
-    import sys
-    import tempfile
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            os.write(2, captured.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+from dprime_tf.cli import import_tensorflow_quietly  # noqa: E402,F401  (re-exported for train.py)
 
 
 def _epoch_line(epoch, epochs, logs, seconds):
