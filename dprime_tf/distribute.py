@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
@@ -39,13 +41,20 @@ def make_strategy(name: str, cpu_devices: int = 0, worker_timeout: float = 60) -
     the multi-replica code path on a CPU-only machine; must be called before
     TensorFlow initializes its devices). `worker_timeout` (multi_worker):
     seconds without a heartbeat before a worker counts as lost; the wait for
-    all workers to join at start-up is bounded by 10x that.
+    all workers to join at start-up is bounded by 10x that (then the process
+    exits with a one-line error).
     """
     if name == "multi_worker":
         # Must exist before any other op ("collective ops must be configured at program startup").
-        cluster = read_tf_config()
-        _configure_coordination_service(cluster, worker_timeout)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        tf_config = read_tf_config()
+        _configure_coordination_service(tf_config, worker_timeout)
+        joined = _kill_unless_done(10 * worker_timeout,
+                                   f"not all workers of TF_CONFIG's cluster {tf_config['cluster']} joined within "
+                                   f"{10 * worker_timeout:g} s (10 x --worker_timeout): start every worker, check "
+                                   "the addresses and that the ports are reachable")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        joined()
+        return strategy
     if cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         try:
@@ -108,8 +117,35 @@ def _configure_coordination_service(tf_config: dict, worker_timeout: float) -> N
         service_type="standalone",
         service_leader=multi_worker_util.coordination_leader(spec),
         heartbeat_timeout_in_ms=int(worker_timeout * 1000),
-        cluster_register_timeout_in_ms=int(10 * worker_timeout * 1000),
         coordinated_jobs=jobs)
+
+
+_WATCHDOG = """
+import os, select, signal, sys
+fd, pid, seconds, message = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+ready, _, _ = select.select([fd], [], [], seconds)  # readable: done, or the parent is gone (EOF)
+if not ready:
+    print("error: " + message, file=sys.stderr, flush=True)
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def _kill_unless_done(seconds: float, message: str):
+    """Kills this process with `error: message` on stderr unless the returned `done()` is called in time.
+
+    Joining the cluster blocks inside TensorFlow with no timeout of its own (a
+    missing worker is retried forever), holding the GIL and ignoring SIGTERM,
+    so the watchdog is a separate (tiny, TensorFlow-free) process.
+    """
+    read_end, write_end = os.pipe()
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(read_end), str(os.getpid()), str(seconds), message],
+                     pass_fds=(read_end,), stdin=subprocess.DEVNULL)
+    os.close(read_end)
+
+    def done():
+        os.write(write_end, b"1")
+        os.close(write_end)
+    return done
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
