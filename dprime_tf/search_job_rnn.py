@@ -224,8 +224,10 @@ def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
             arch_beta_1=ARCH_BETA_1, arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq,
             zu_ewma=cfg.zu_ewma)
-    checkpoint = tf.train.Checkpoint(supernet=net, search=search, weight_optimizer=search.weight_optimizer,
-                                     alpha_optimizer=search.alpha_optimizer)
+    # Every variable by position (weights, alpha, BN statistics, the streams' hidden states, schedule state).
+    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
+                                     weight_optimizer=list(search.weight_optimizer.variables),
+                                     alpha_optimizer=list(search.alpha_optimizer.variables))
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
                                          max_to_keep=2)

@@ -183,7 +183,8 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     model = RNNModel(corpus.vocab_size, genotype, cfg.emsize, cfg.nhid, cfg.dropout, cfg.dropouth, cfg.dropoutx,
                      cfg.dropouti, cfg.dropoute, cfg.tar_beta, vocab=corpus.vocab, seed=cfg.seed)
     trainer = _trainer_class()(model, cfg.batch_size, cfg.bptt, cfg.learning_rate, cfg.weight_decay, cfg.grad_clip)
-    checkpoint = tf.train.Checkpoint(model=model, trainer=trainer, optimizer=trainer.optimizer)
+    # Every variable by position (weights, the hidden state, the step counter, optimizer state).
+    checkpoint = tf.train.Checkpoint(variables=list(trainer.weights), optimizer=list(trainer.optimizer.variables))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
     best_path = os.path.join(run_dir, "best.json")
     best = {"val_perplexity": None, "epoch": 0}

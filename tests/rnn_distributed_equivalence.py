@@ -25,7 +25,7 @@ from dprime_tf.data import text  # noqa: E402
 from dprime_tf.search_space.rnn import RecurrentSearchNetwork  # noqa: E402
 from dprime_tf.searcher import BilevelSearch  # noqa: E402
 
-V, H, B, BPTT = 50, 6, 4, 3
+V, H, B, BPTT = 50, 6, 4, 2
 
 
 def make(strategy):
