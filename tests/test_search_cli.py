@@ -91,7 +91,7 @@ def test_resume_after_sigkill_restores_the_exact_state(tmp_path):
     assert not (killed / "genotype.json").exists()
     checkpoint_step = max(int(f.split("-")[1].split(".")[0]) for f in os.listdir(killed / "checkpoints")
                           if f.startswith("ckpt-") and f.endswith(".index"))
-    assert checkpoint_step in (8, 12) and checkpoint_step < len(before["step"])
+    assert 0 < checkpoint_step < len(before["step"])  # the kill came after a checkpoint
 
     proc = cli("--resume", f"--output_dir={killed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
