@@ -47,7 +47,7 @@ def main(argv):
     path = os.path.join(FLAGS.model, "model.keras") if os.path.isdir(FLAGS.model) else FLAGS.model
     if not os.path.isfile(path):
         raise UserError(f"--model: {path} does not exist")
-    from dprime_tf.train_job import import_tensorflow_quietly
+    from dprime_tf.cli import import_tensorflow_quietly
     import_tensorflow_quietly()
 
     from dprime_tf.data import text

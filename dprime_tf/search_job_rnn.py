@@ -161,27 +161,46 @@ def run_rnn_search(cfg: RNNSearchConfig, strategy=None, flags_text: str | None =
 
     from dprime_tf import runs
     from dprime_tf.distribute import is_chief
+    from dprime_tf.data import text
     validate(cfg)
     strategy = strategy or tf.distribute.get_strategy()
+    corpus = text.load_corpus(cfg.dataset, cfg.data_dir)  # bad data fails before the run directory exists
+    streams = _split_and_check(cfg, corpus, strategy.num_replicas_in_sync)
     chief = is_chief(strategy)
     # Multi-worker: only the chief writes the run directory; the others write scratch copies.
     run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume) if chief else os.path.abspath(cfg.output_dir)
     worker_dir = None if chief else tempfile.mkdtemp(prefix="dprime-worker-")
     try:
-        return _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
+        return _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks, corpus, *streams)
     finally:
         if worker_dir:
             shutil.rmtree(worker_dir, ignore_errors=True)
 
 
-def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks):
+def _split_and_check(cfg, corpus, replicas):
+    """(weight token ids, alpha token ids): the training text split by position; UserError
+    when a stream is too short for its batch size or the batches do not split between replicas."""
+    from dprime_tf.data.images import split_indices
+    if cfg.batch_size % replicas or cfg.eval_batch_size % replicas:
+        raise UserError(f"--batch_size ({cfg.batch_size}) and --eval_batch_size ({cfg.eval_batch_size}) must be "
+                        f"multiples of the {replicas} replicas")
+    weight_pos, alpha_pos = split_indices(len(corpus.train), prime.weight_portion(cfg.split, cfg.schedfreq))
+    weight_ids, alpha_ids = corpus.train[weight_pos], corpus.train[alpha_pos]
+    for name, ids, batch in (("weight", weight_ids, cfg.batch_size), ("alpha", alpha_ids, cfg.batch_size),
+                             ("validation", corpus.valid, cfg.eval_batch_size)):
+        if len(ids) // batch < 2:
+            raise UserError(f"the {name} text ({len(ids)} tokens) is too short for batch size {batch}: "
+                            "each row needs at least 2 tokens; use a smaller --batch_size/--eval_batch_size")
+    return weight_ids, alpha_ids
+
+
+def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks, corpus, weight_ids, alpha_ids):
     import keras
     import numpy as np
     import tensorflow as tf
 
     from dprime_tf import runs
     from dprime_tf.data import text
-    from dprime_tf.data.images import split_indices
     from dprime_tf.progress import ProgressBar
     from dprime_tf.search_space.rnn import RecurrentSearchNetwork, count_parameters
     from dprime_tf.searcher import STEP_LOGS, BilevelSearch
@@ -192,19 +211,6 @@ def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
         tf.config.experimental.enable_op_determinism()
     started = time.time()
 
-    corpus = text.load_corpus(cfg.dataset, cfg.data_dir)
-    replicas = strategy.num_replicas_in_sync
-    if cfg.batch_size % replicas or cfg.eval_batch_size % replicas:
-        raise UserError(f"--batch_size ({cfg.batch_size}) and --eval_batch_size ({cfg.eval_batch_size}) must be "
-                        f"multiples of the {replicas} replicas")
-    portion = prime.weight_portion(cfg.split, cfg.schedfreq)
-    weight_pos, alpha_pos = split_indices(len(corpus.train), portion)
-    weight_ids, alpha_ids = corpus.train[weight_pos], corpus.train[alpha_pos]
-    for name, ids, batch in (("weight", weight_ids, cfg.batch_size), ("alpha", alpha_ids, cfg.batch_size),
-                             ("validation", corpus.valid, cfg.eval_batch_size)):
-        if len(ids) // batch < 2:
-            raise UserError(f"the {name} text ({len(ids)} tokens) is too short for batch size {batch}: "
-                            "each row needs at least 2 tokens; use a smaller --batch_size/--eval_batch_size")
     columns = len(weight_ids) // cfg.batch_size
     per_pass = text.windows_per_pass(columns, cfg.bptt, "search", cfg.seed, 0)
     steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass

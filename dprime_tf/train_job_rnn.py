@@ -165,16 +165,16 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     from dprime_tf.data import text
     from dprime_tf.networks.rnn import PerplexityEvaluator, RNNModel, count_parameters
 
-    run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume)
-    if flags_text is not None:
-        runs.write_flags(run_dir, flags_text)
     started = time.time()
-    corpus = text.load_corpus(cfg.dataset, cfg.data_dir)
+    corpus = text.load_corpus(cfg.dataset, cfg.data_dir)  # bad data fails before the run directory exists
     for name, ids, batch in (("training", corpus.train, cfg.batch_size),
                              ("validation", corpus.valid, cfg.eval_batch_size)):
         if len(ids) // batch < 2:
             raise UserError(f"the {name} text ({len(ids)} tokens) is too short for batch size {batch}: "
                             "use a smaller batch size")
+    run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume)
+    if flags_text is not None:
+        runs.write_flags(run_dir, flags_text)
     columns = len(corpus.train) // cfg.batch_size
     per_pass = text.windows_per_pass(columns, cfg.bptt, "train", cfg.seed, 0, cfg.max_seq_len_delta)
     steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass

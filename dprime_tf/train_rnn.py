@@ -94,7 +94,7 @@ def main(argv):
     from dprime_tf.train_job_rnn import run_rnn_training, validate
     cfg = config_from_flags()
     validate(cfg)  # before TensorFlow starts: bad input fails fast, in one line
-    from dprime_tf.train_job import import_tensorflow_quietly
+    from dprime_tf.cli import import_tensorflow_quietly
     import_tensorflow_quietly()
     summary = run_rnn_training(cfg, flags_text=_flags_text(os.path.abspath(cfg.output_dir)))
     print(f"\nrun directory: {summary['run_dir']}")

@@ -523,3 +523,21 @@ def test_two_replicas_match_one_device():
     assert result["hidden_weight_norm"] > 0  # the carried state is really there
     assert abs(result["val_loss"][0] - result["val_loss"][1]) < 1e-4 and abs(result["loss"][0] - result["loss"][1]) < 1e-5
 
+
+
+def test_search_cli_data_error_is_one_line_and_leaves_nothing(tmp_path):
+    proc = cli("dprime_tf.search", "--dataset=ptb", f"--output_dir={tmp_path / 'run'}")
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "--data_dir" in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_recurrent_config_validation():
+    from dprime_tf.search_job import validate
+    from dprime_tf.search_job_rnn import RNNSearchConfig
+    validate(RNNSearchConfig(output_dir="x"))  # the paper's defaults pass (dispatched by search_job.validate)
+    for change, message in ((dict(emsize=16, nhid=8), "must equal --nhid"), (dict(dropout=1.0), "dropout rates"),
+                            (dict(bptt=1), "--bptt"), (dict(learning_rate_min=30.0), "--learning_rate_min"),
+                            (dict(dataset="sample"), "not a text corpus")):
+        with pytest.raises(UserError, match=message):
+            validate(RNNSearchConfig(output_dir="x", **change))
