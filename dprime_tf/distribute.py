@@ -15,10 +15,14 @@ network) is caught by the coordination service's heartbeats after
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import tensorflow as tf
 
@@ -77,7 +81,7 @@ def read_tf_config() -> dict:
     if not raw.strip():
         raise UserError("--strategy=multi_worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
                         "[\"host0:port\", \"host1:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' "
-                        "(see docs/distributed_and_tuning.md)")
+                        "(see BUILD.md, Several hosts)")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -159,6 +163,33 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+@contextlib.contextmanager
+def output_dirs(strategy: tf.distribute.Strategy, output_dir: str, resume: bool):
+    """(chief, run_dir, worker_dir) for a job writing `output_dir`.
+
+    Only the chief writes the run directory. The other workers take part in every
+    collective (checkpoint saves included) but write to a private scratch
+    directory, removed at the end. Its name is fixed by the run directory and the
+    task, so a worker restarted with --resume after a crash (SIGKILL leaves no
+    chance to clean up) replaces the scratch of its dead predecessor."""
+    from dprime_tf import runs
+    chief = is_chief(strategy)
+    if chief:
+        yield True, runs.prepare_run_dir(output_dir, resume), None
+        return
+    run_dir = os.path.abspath(output_dir)
+    resolver = strategy.cluster_resolver
+    key = hashlib.sha1(run_dir.encode()).hexdigest()[:12]
+    worker_dir = os.path.join(tempfile.gettempdir(),
+                              f"dprime-worker-{key}-{resolver.task_type}{resolver.task_id}")
+    shutil.rmtree(worker_dir, ignore_errors=True)
+    os.makedirs(worker_dir)
+    try:
+        yield False, run_dir, worker_dir
+    finally:
+        shutil.rmtree(worker_dir, ignore_errors=True)
 
 
 def is_worker_failure(error: Exception) -> bool:

@@ -7,10 +7,7 @@ a `SearchConfig`); keras-tuner and tests call `run_search` directly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
@@ -19,7 +16,7 @@ import tensorflow as tf
 
 from dprime_tf import plots, prime, runs
 from dprime_tf.data import images
-from dprime_tf.distribute import is_chief
+from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
 from dprime_tf.progress import ProgressBar
 from dprime_tf.search_space.cnn import SearchNetwork
@@ -109,17 +106,8 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
         return run_rnn_search(cfg, strategy, flags_text, extra_callbacks)
     validate(cfg)
     strategy = strategy or tf.distribute.get_strategy()
-    chief = is_chief(strategy)
-    # Multi-worker: only the chief writes the run directory. The other workers
-    # take part in every collective (checkpoint saves included) but write to a
-    # private temporary directory that is removed at the end.
-    run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume) if chief else os.path.abspath(cfg.output_dir)
-    worker_dir = None if chief else tempfile.mkdtemp(prefix="dprime-worker-")
-    try:
+    with output_dirs(strategy, cfg.output_dir, cfg.resume) as (chief, run_dir, worker_dir):
         return _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
-    finally:
-        if worker_dir:
-            shutil.rmtree(worker_dir, ignore_errors=True)
 
 
 def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks):

@@ -37,8 +37,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 import time
 
 from dprime_tf import prime
@@ -159,22 +157,14 @@ def run_rnn_search(cfg: RNNSearchConfig, strategy=None, flags_text: str | None =
     """Runs (or resumes) a recurrent search; returns a summary dict (also in <run>/summary.json)."""
     import tensorflow as tf
 
-    from dprime_tf import runs
-    from dprime_tf.distribute import is_chief
+    from dprime_tf.distribute import output_dirs
     from dprime_tf.data import text
     validate(cfg)
     strategy = strategy or tf.distribute.get_strategy()
     corpus = text.load_corpus(cfg.dataset, cfg.data_dir)  # bad data fails before the run directory exists
     streams = _split_and_check(cfg, corpus, strategy.num_replicas_in_sync)
-    chief = is_chief(strategy)
-    # Multi-worker: only the chief writes the run directory; the others write scratch copies.
-    run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume) if chief else os.path.abspath(cfg.output_dir)
-    worker_dir = None if chief else tempfile.mkdtemp(prefix="dprime-worker-")
-    try:
+    with output_dirs(strategy, cfg.output_dir, cfg.resume) as (chief, run_dir, worker_dir):
         return _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks, corpus, *streams)
-    finally:
-        if worker_dir:
-            shutil.rmtree(worker_dir, ignore_errors=True)
 
 
 def _split_and_check(cfg, corpus, replicas):

@@ -38,9 +38,10 @@ def make(strategy):
 
 
 def state(search):
-    """Every variable, keyed by its path without Keras' uniquifying suffix (the second model is "..._1")."""
+    """Every variable as (path, value), in creation order: the two searches are matched by position
+    (their Keras names differ by uniquifying suffixes)."""
     variables = search.weights + search.weight_optimizer.variables + search.alpha_optimizer.variables
-    return {v.path.replace("_1/", "/").replace("network_1_", "network_"): np.asarray(v.numpy()) for v in variables}
+    return [(v.path, np.asarray(v.numpy())) for v in variables]
 
 
 def main(steps=3):
@@ -63,8 +64,9 @@ def main(steps=3):
         val = search.evaluate(text.make_eval_dataset(ids[:300], B, BPTT), verbose=0, return_dict=True)
         out.setdefault("val_loss", []).append(float(val["loss"]))
     a, b = state(s1), state(s2)
-    assert a.keys() == b.keys(), (sorted(set(a) ^ set(b)))
-    worst = sorted(((float(np.max(np.abs(a[k] - b[k]))), k) for k in a), reverse=True)[:5]
+    assert len(a) == len(b) and all(va.shape == vb.shape for (_, va), (_, vb) in zip(a, b)), (len(a), len(b))
+    worst = sorted(((float(np.max(np.abs(va - vb))), k) for (k, va), (_, vb) in zip(a, b)), reverse=True)[:5]
+    a = dict(a)
     out["variables"] = len(a)
     out["worst"] = [[n, d] for d, n in worst]
     out["max_diff"] = max(d for d, _ in worst)

@@ -15,7 +15,7 @@ from dprime_tf.errors import UserError
 from dprime_tf.search_job import SearchConfig, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset=sample", "--layers=3", "--init_channels=4", "--batch_size=16", "--val_steps=1", "--deterministic",
+TINY = ["--dataset=sample", "--image_size=16", "--layers=3", "--init_channels=4", "--batch_size=16", "--val_steps=1", "--deterministic",
         "--verbose=0", "--seed=5"]
 
 
@@ -99,9 +99,15 @@ def test_resume_after_sigkill_restores_the_exact_state(tmp_path):
     assert list(after["step"]) == list(range(30))  # none repeated, none missing
     assert after["alpha_step"].sum() >= 3  # alphas moved in this run
     # Steps before the checkpoint are kept as written; steps after it were recomputed.
-    redone = slice(checkpoint_step, len(before["step"]))
+    # The first recomputed step depends only on the restored state: it must match
+    # (measured ~1e-7). Later ones also carry CPU float noise between processes
+    # (reductions split across threads differently), which grows by ~10x a step;
+    # measured up to 1.4e-4 relative two steps later, hence the looser bound there.
+    redone = slice(checkpoint_step + 1, len(before["step"]))
     for col in ("alpha_step", "alpha_steps", "tau", "fi_ewma", "fi", "batch_loss", "lr", "progress"):
         np.testing.assert_allclose(after[col][:checkpoint_step], before[col][:checkpoint_step], err_msg=col)
-        np.testing.assert_allclose(after[col][redone], before[col][redone], rtol=1e-4, atol=1e-6, err_msg=col)
+        np.testing.assert_allclose(after[col][checkpoint_step], before[col][checkpoint_step], rtol=1e-5, atol=1e-6,
+                                   err_msg=col)
+        np.testing.assert_allclose(after[col][redone], before[col][redone], rtol=2e-3, atol=1e-6, err_msg=col)
     g = json.loads((killed / "genotype.json").read_text())
     assert len(g["normal"]) == 8 and np.load(killed / "alphas.npz")["alpha_normal"].shape == (14, 8)
