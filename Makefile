@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test files run in parallel processes (pytest-xdist): TensorFlow's graph tracing is
+# single-threaded, so two processes keep two cores busy.
+TEST_WORKERS ?= 2
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,7 @@ search: $(VENV)/.installed
 	$(PY) -m dprime_tf.search --flagfile=configs/quick.flags $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests $(ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m dprime_tf.bench $(ARGS)

@@ -24,8 +24,8 @@ from dprime_tf.searcher import BilevelSearch  # noqa: E402
 def make(strategy, schedule, reg):
     with strategy.scope():
         net = SearchNetwork(4, 3, 10, image_size=16)
-        # m=4 and admm_freq=1: the dynamic schedule takes alpha steps within a few
-        # steps, and every alpha step updates ADMM's Z and U.
+        # schedfreq 1: the fixed schedule takes an alpha step on every step (the dynamic
+        # one with m=4 within a few); admm_freq 1: every alpha step updates ADMM's Z and U.
         search = BilevelSearch(net, steps_per_epoch=4, epochs=2, schedule=schedule, schedfreq=1,
                                threshold_multiplier=4.0, admm_freq=1, regularizer=reg,
                                learning_rate=0.1, arch_learning_rate=0.05)
@@ -36,10 +36,13 @@ def state(search):
     """Everything the search owns: weights, BN statistics, alphas, schedule and ADMM state,
     and the optimizers' slots."""
     variables = search.weights + search.weight_optimizer.variables + search.alpha_optimizer.variables
-    return {v.path: v.numpy() for v in variables}
+    return [(v.path, v.numpy()) for v in variables]
 
 
 def main(schedule="fixed", reg="prox", steps=2):
+    import time
+    started = time.time()
+    tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 16, 16, 3)).astype(np.float32)
     y = rng.integers(0, 10, 32).astype(np.int32)
@@ -49,26 +52,33 @@ def main(schedule="fixed", reg="prox", steps=2):
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     net1, s1 = make(tf.distribute.get_strategy(), schedule, reg)
     net2, s2 = make(mirrored, schedule, reg)
-    for a, b in zip(net1.weights, net2.weights):
+    for a, b in zip(s1.weights, s2.weights):  # the same start: weights, alphas, ADMM Z/U, schedule state
         b.assign(a.numpy())
-    out = {"replicas": mirrored.num_replicas_in_sync, "steps": steps}
+    out = {"replicas": mirrored.num_replicas_in_sync, "steps": steps, "per_step": []}
+    pairs = []
     for search, strategy in ((s1, tf.distribute.get_strategy()), (s2, mirrored)):
         search.set_alpha_stream(alpha_ds)
         search.make_train_function()
-        it = iter(strategy.experimental_distribute_dataset(ds))
-        for _ in range(steps):
-            logs = search.train_function(it)
-        out.setdefault("alpha_steps", []).append(int(search.alpha_steps.numpy()))
-        out.setdefault("loss", []).append(float(logs["batch_loss"]))
-    a, b = state(s1), state(s2)
-    assert a.keys() == b.keys() and len(a) > 100, (len(a), len(b))
-    worst = sorted(((float(np.max(np.abs(a[k] - b[k]))), k) for k in a), reverse=True)[:5]
-    diffs = [d for d, _ in worst]
+        pairs.append((search, iter(strategy.experimental_distribute_dataset(ds))))
+    out["seconds_build"] = time.time() - started
+    for step in range(steps):  # in lockstep, comparing the whole state after every step
+        losses = [float(search.train_function(it)["batch_loss"]) for search, it in pairs]
+        a, b = state(s1), state(s2)
+        # Matched by position: both searches create the same variables in the same order
+        # (their Keras names may differ by a uniquifying suffix).
+        assert len(a) == len(b) and len(a) > 100, (len(a), len(b))
+        assert all(va.shape == vb.shape for (_, va), (_, vb) in zip(a, b))
+        # absolute differences, relative for values above 1 (FI is ~1e2)
+        worst = sorted(((float(np.max(np.abs(va - vb) / np.maximum(1.0, np.abs(va)))), k)
+                        for (k, va), (_, vb) in zip(a, b)), reverse=True)[:3]
+        out["per_step"].append({"max_diff": worst[0][0], "worst": [[n, d] for d, n in worst], "loss": losses,
+                                "alpha_steps": [int(s1.alpha_steps.numpy()), int(s2.alpha_steps.numpy())]})
+        out["per_step"][-1]["seconds"] = time.time() - started
     out["variables"] = len(a)
-    out["worst"] = [[n, d] for d, n in worst]
-    moved = float(max(np.abs(a.numpy() - b).max() for a, b in zip(net1.alphas, [net2.alphas[0].numpy(), net2.alphas[1].numpy()])))
-    out.update(max_diff=max(diffs), alpha_diff=moved,
-               alpha_moved=float(np.abs(net1.alpha_normal.numpy()).max()))
+    out["max_diff"] = max(r["max_diff"] for r in out["per_step"])
+    out["alpha_steps"] = out["per_step"][-1]["alpha_steps"]
+    out["alpha_diff"] = float(max(np.abs(x.numpy() - y.numpy()).max() for x, y in zip(net1.alphas, net2.alphas)))
+    out["alpha_moved"] = float(np.abs(net1.alpha_normal.numpy()).max())
     print(json.dumps(out))
 
 

@@ -28,7 +28,7 @@ ROOT = os.path.dirname(HERE)
 
 # A global batch of 16 (8 per worker); the dynamic schedule with m = 2 takes
 # alpha steps within the 6 steps, so alphas and genotype depend on them.
-SEARCH = ["--dataset=sample", "--layers=3", "--init_channels=4", "--batch_size=16", "--epochs=2",
+SEARCH = ["--dataset=sample", "--image_size=16", "--layers=3", "--init_channels=4", "--batch_size=16", "--epochs=2",
           "--steps_per_epoch=3", "--val_steps=2", "--schedule=dynamic", "--split=dynamic", "--reg=prox",
           "--threshold_multiplier=2", "--schedfreq=2", "--arch_learning_rate=0.01", "--checkpoint_every=2",
           "--seed=3", "--verbose=2"]
