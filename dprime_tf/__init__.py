@@ -29,6 +29,15 @@ _PUBLIC = {
     "build_cifar_network": "dprime_tf.networks.cnn",
     "build_imagenet_network": "dprime_tf.networks.cnn",
     "count_parameters": "dprime_tf.networks.cnn",
+    # recurrent cells (Penn Treebank)
+    "RecurrentSearchNetwork": "dprime_tf.search_space.rnn",
+    "RecurrentGenotype": "dprime_tf.genotype_rnn",
+    "derive_recurrent_genotype": "dprime_tf.genotype_rnn",
+    "RNNModel": "dprime_tf.networks.rnn",
+    "RNNSearchConfig": "dprime_tf.search_job_rnn",
+    # tuning (keras-tuner)
+    "SearchHyperModel": "dprime_tf.tuning",
+    "SearchTuner": "dprime_tf.tuning",
     # errors
     "UserError": "dprime_tf.errors",
 }
