@@ -65,3 +65,55 @@ def run_main(main):
             sys.exit(2)
 
     app.run(wrapped, flags_parser=parse_flags)
+
+
+# -- flag plumbing shared by the search / train / evaluate command lines -------
+
+def no_positional_arguments(argv):
+    from dprime_tf.errors import UserError
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
+
+
+def reload_flags_for_resume(FLAGS):
+    """With --resume: the run's own flags.txt first, then what this command line changes
+    (so `--resume --output_dir=<run>` continues the run as it was started)."""
+    from absl import flags
+
+    from dprime_tf.errors import UserError
+    if not FLAGS.resume:
+        return
+    if not FLAGS.output_dir:
+        raise UserError("--resume needs the --output_dir of the run to continue")
+    saved = os.path.join(FLAGS.output_dir, "flags.txt")
+    if os.path.exists(saved):
+        FLAGS.unparse_flags()
+        try:
+            FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
+        except flags.Error as e:
+            raise UserError(f"{saved}: {e}") from None
+
+
+def module_flags_text(FLAGS, module_name: str, exclude=(), extra=()) -> str:
+    """The flags defined by `module_name` (minus `exclude`) as a flagfile, plus `extra` lines."""
+    own = {f.name for f in FLAGS.get_key_flags_for_module(sys.modules[module_name])} - set(exclude)
+
+    def name(line):  # "--x=1" -> x; a false boolean is written "--nox"
+        name = line.lstrip("-").split("=")[0]
+        return name[2:] if name not in own and name.startswith("no") else name
+    lines = [line for line in FLAGS.flags_into_string().splitlines() if name(line) in own]
+    return "".join(f"{line}\n" for line in sorted([*lines, *extra]))
+
+
+def default_run_dir(kind: str) -> str:
+    import time
+    return os.path.join("runs", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def config_from_flags(FLAGS, config_class, run_kind: str):
+    """`config_class` (a dataclass) filled from the flags of the same names; the output
+    directory defaults to runs/<run_kind>-<timestamp>."""
+    import dataclasses
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_class) if f.name in FLAGS}
+    values["output_dir"] = values.get("output_dir") or default_run_dir(run_kind)
+    return config_class(**values)

@@ -12,7 +12,7 @@ held-out last 10% per class, never used in training; CIFAR's test split).
 
 from __future__ import annotations
 
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.cli import no_positional_arguments, quiet_tensorflow, run_main
 
 quiet_tensorflow()
 
@@ -49,8 +49,7 @@ def _run_flags(run_dir):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
+    no_positional_arguments(argv)
     if not FLAGS.model:
         raise UserError("--model is required: a training run directory or a .keras file")
     if FLAGS.batch_size < 1:

@@ -14,7 +14,7 @@ perplexity = exp(mean negative log-likelihood per scored token).
 
 from __future__ import annotations
 
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.cli import no_positional_arguments, quiet_tensorflow, run_main
 
 quiet_tensorflow()
 
@@ -34,8 +34,7 @@ flags.DEFINE_string("output_json", None, "Also write the results to this JSON fi
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
+    no_positional_arguments(argv)
     if not FLAGS.model:
         raise UserError("--model is required: a recurrent training run directory or a .keras file")
     if not FLAGS.text_file:

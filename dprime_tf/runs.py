@@ -19,12 +19,12 @@ import json
 import math
 import os
 import tempfile
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from dprime_tf.cli import default_run_dir  # noqa: F401  (runs.default_run_dir)
 from dprime_tf.errors import UserError
 
 
@@ -60,10 +60,6 @@ def atomic_savez(path: str, **arrays) -> None:
 
 
 # -- run directory ----------------------------------------------------------------
-def default_run_dir(kind: str) -> str:
-    return os.path.join("runs", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
 def prepare_run_dir(run_dir: str, resume: bool) -> str:
     """Creates a fresh run directory, or checks that one can be resumed."""
     run_dir = os.path.abspath(run_dir)
@@ -88,6 +84,46 @@ def write_flags(run_dir: str, flags_text: str) -> None:
 
 
 # -- per-step history -------------------------------------------------------------
+def fit_segments(start_step: int, steps_per_epoch: int, end_epoch: int) -> list[tuple[int, int, int]]:
+    """(first epoch, end epoch, steps per epoch) of the fit() calls that continue a run
+    from `start_step` up to `end_epoch`: a resumed, half-done epoch runs as its own
+    fit() of its remaining steps, the whole epochs after it as one more."""
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    segments = [(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []
+    first_full = epoch + (1 if offset else 0)
+    if first_full < end_epoch:
+        segments.append((first_full, end_epoch, steps_per_epoch))
+    return segments
+
+
+def search_checkpoint(search, run_dir: str, chief: bool, worker_dir: str | None, resume: bool,
+                      verbose: int, steps_per_epoch: int):
+    """(CheckpointManager, start step) of a search, restored from `run_dir` when resuming.
+
+    Every variable is saved by position (weights, alphas, BN statistics, hidden
+    states, schedule state, both optimizers): tf.train's object graph does not
+    see the layers Keras keeps in lists (the cells). Saving is a collective under
+    multi-worker strategies (on-read variables are all-reduced): every worker
+    saves, non-chiefs into their scratch directory."""
+    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
+                                     weight_optimizer=list(search.weight_optimizer.variables),
+                                     alpha_optimizer=list(search.alpha_optimizer.variables))
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
+                                         max_to_keep=2)
+    if not resume:
+        return manager, 0
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest is None:  # only a non-chief gets here (the chief checked in prepare_run_dir)
+        raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
+                        "chief's run directory (put --output_dir on a filesystem all hosts share)")
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    start_step = int(search.search_step.numpy())
+    if verbose:
+        print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
+    return manager, start_step
+
+
 class StepHistory(keras.callbacks.Callback):
     """Appends one CSV row per training step to <run>/history.csv.
 

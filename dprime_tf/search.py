@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dprime_tf import cli
 from dprime_tf.cli import quiet_tensorflow, run_main
 
 quiet_tensorflow()
@@ -75,27 +76,17 @@ def config_from_flags():
     if is_text_dataset(FLAGS.dataset):  # the recurrent search: its own config and defaults
         from dprime_tf.search_job_rnn import config_from_flags as rnn_config_from_flags
         return rnn_config_from_flags(FLAGS)
-    from dprime_tf.runs import default_run_dir
     from dprime_tf.search_job import SearchConfig
-    names = [f.name for f in __import__("dataclasses").fields(SearchConfig)]
-    values = {n: getattr(FLAGS, n) for n in names if n in FLAGS}
-    values["output_dir"] = FLAGS.output_dir or default_run_dir("search")
-    return SearchConfig(**values)
+    return cli.config_from_flags(FLAGS, SearchConfig, "search")
 
 
 def main(argv):
-    from dprime_tf.errors import UserError
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
     import os
     import sys
-    if FLAGS.resume:
-        if not FLAGS.output_dir:
-            raise UserError("--resume needs the --output_dir of the run to continue")
-        saved = os.path.join(FLAGS.output_dir, "flags.txt")
-        if os.path.exists(saved):  # the run's own flags, then what this command line changes
-            FLAGS.unparse_flags()
-            FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
+
+    from dprime_tf.errors import UserError
+    cli.no_positional_arguments(argv)
+    cli.reload_flags_for_resume(FLAGS)
     if FLAGS.strategy == "multi_worker" and not FLAGS.output_dir:
         raise UserError("--strategy=multi_worker needs --output_dir (the same on every worker; the chief writes it)")
     # The strategy comes first: MultiWorkerMirroredStrategy must be created
@@ -108,11 +99,8 @@ def main(argv):
     if cfg.deterministic:
         from dprime_tf.search_job import make_deterministic
         make_deterministic()
-    flags_text = "".join(f"{line}\n" for line in FLAGS.flags_into_string().splitlines()
-                         if line.split("=")[0].lstrip("-") in {f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
-                         and not line.startswith("--resume") and not line.startswith("--noresume"))
-    if not FLAGS.output_dir:
-        flags_text += f"--output_dir={os.path.abspath(cfg.output_dir)}\n"
+    flags_text = cli.module_flags_text(FLAGS, __name__, exclude={"resume"},
+                                       extra=[] if FLAGS.output_dir else [f"--output_dir={os.path.abspath(cfg.output_dir)}"])
     from dprime_tf.distribute import WORKER_FAILURES, is_multi_worker, is_worker_failure, worker_failure_message
     try:
         summary = run_search(cfg, strategy, flags_text=flags_text)

@@ -137,27 +137,8 @@ def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_cal
             learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
             arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq, zu_ewma=cfg.zu_ewma)
-    # Every variable by position: tf.train's object graph does not see the
-    # layers Keras keeps in lists (the cells), so BN statistics would be lost.
-    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
-                                     weight_optimizer=list(search.weight_optimizer.variables),
-                                     alpha_optimizer=list(search.alpha_optimizer.variables))
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    # Saving is a collective under multi-worker strategies (on-read variables
-    # are all-reduced): every worker saves, non-chiefs into a scratch directory
-    # that StepCheckpoint empties after each save (TF's multi-worker pattern).
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
-                                         max_to_keep=2)
-    start_step = 0
-    if cfg.resume:
-        latest = tf.train.latest_checkpoint(ckpt_dir)
-        if latest is None:  # only a non-chief gets here (the chief checked in prepare_run_dir)
-            raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
-                            "chief's run directory (put --output_dir on a filesystem all hosts share)")
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        start_step = int(search.search_step.numpy())
-        if cfg.verbose:
-            print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
+    manager, start_step = runs.search_checkpoint(search, run_dir, chief, worker_dir, cfg.resume, cfg.verbose,
+                                                 steps_per_epoch)
     end_epoch = cfg.until_epoch or cfg.epochs
     if start_step >= steps_per_epoch * end_epoch:
         raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
@@ -193,10 +174,7 @@ def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_cal
 
     eval_data = images.make_eval_dataset(data, cfg.batch_size, alpha_idx)
     val_steps = cfg.val_steps or None
-    epoch, offset = divmod(start_step, steps_per_epoch)
-    # A resumed, half-done epoch runs as its own fit() of the remaining steps.
-    segments = ([(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []) + \
-               ([(epoch + (1 if offset else 0), end_epoch, steps_per_epoch)] if epoch + (1 if offset else 0) < end_epoch else [])
+    segments = runs.fit_segments(start_step, steps_per_epoch, end_epoch)
     try:
         for first, last, steps in segments:
             done = int(search.search_step.numpy())

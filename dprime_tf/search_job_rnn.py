@@ -97,7 +97,7 @@ class RNNSearchConfig:
 def config_from_flags(FLAGS) -> RNNSearchConfig:
     """The config from absl flags; shared flags not given take the recurrent defaults
     (written back into FLAGS, so that flags.txt records what the run used)."""
-    from dprime_tf.runs import default_run_dir
+    from dprime_tf.cli import default_run_dir
     for name, value in RNN_DEFAULTS.items():
         if name in FLAGS and not FLAGS[name].present:
             FLAGS[name].value = value
@@ -220,23 +220,8 @@ def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks,
             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
             arch_beta_1=ARCH_BETA_1, arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq,
             zu_ewma=cfg.zu_ewma)
-    # Every variable by position (weights, alpha, BN statistics, the streams' hidden states, schedule state).
-    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
-                                     weight_optimizer=list(search.weight_optimizer.variables),
-                                     alpha_optimizer=list(search.alpha_optimizer.variables))
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
-                                         max_to_keep=2)
-    start_step = 0
-    if cfg.resume:
-        latest = tf.train.latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
-                            "chief's run directory")
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        start_step = int(search.search_step.numpy())
-        if cfg.verbose:
-            print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
+    manager, start_step = runs.search_checkpoint(search, run_dir, chief, worker_dir, cfg.resume, cfg.verbose,
+                                                 steps_per_epoch)
     end_epoch = cfg.until_epoch or cfg.epochs
     if start_step >= steps_per_epoch * end_epoch:
         raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
@@ -290,10 +275,7 @@ def _run(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks,
         callbacks.append(ProgressBar(("loss", "perplexity", "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
                                      cfg.epochs))
 
-    epoch, offset = divmod(start_step, steps_per_epoch)
-    # A resumed, half-done epoch runs as its own fit() of the remaining steps.
-    segments = ([(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []) + \
-               ([(epoch + (1 if offset else 0), end_epoch, steps_per_epoch)] if epoch + (1 if offset else 0) < end_epoch else [])
+    segments = runs.fit_segments(start_step, steps_per_epoch, end_epoch)
     try:
         for first, last, steps in segments:
             done = int(search.search_step.numpy())

@@ -12,12 +12,13 @@ summary.json; `python -m dprime_tf.evaluate --model=<run>` scores it.
 
 from __future__ import annotations
 
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf import cli
+from dprime_tf.cli import (module_flags_text, no_positional_arguments, quiet_tensorflow, reload_flags_for_resume,
+                           run_main)
 
 quiet_tensorflow()
 
 import os  # noqa: E402
-import sys  # noqa: E402
 
 from absl import flags  # noqa: E402
 
@@ -68,38 +69,18 @@ flags.DEFINE_float("grad_clip", 5.0, "Global-norm gradient clip (0 = none).")
 
 def _flags_text(run_dir):
     """This module's flags as a flagfile (without --resume), pointing at the run's own genotype copy."""
-    own = {f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
-    own -= {"resume", "genotype", "output_dir", "cpu_devices"}
-    lines = [line for line in FLAGS.flags_into_string().splitlines()
-             if line.lstrip("-").split("=")[0].removeprefix("no") in own]
-    lines += [f"--genotype={os.path.join(run_dir, 'genotype.json')}", f"--output_dir={run_dir}"]
-    return "".join(f"{line}\n" for line in sorted(lines))
+    return module_flags_text(FLAGS, __name__, exclude={"resume", "genotype", "output_dir", "cpu_devices"},
+                             extra=[f"--genotype={os.path.join(run_dir, 'genotype.json')}", f"--output_dir={run_dir}"])
 
 
 def config_from_flags():
-    import dataclasses
-
     from dprime_tf.train_job import TrainConfig
-    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig) if f.name in FLAGS}
-    if not values.get("output_dir"):
-        import time
-        values["output_dir"] = os.path.join("runs", f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-    return TrainConfig(**values)
+    return cli.config_from_flags(FLAGS, TrainConfig, "train")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
-    if FLAGS.resume:
-        if not FLAGS.output_dir:
-            raise UserError("--resume needs the --output_dir of the run to continue")
-        saved = os.path.join(FLAGS.output_dir, "flags.txt")
-        if os.path.exists(saved):  # the run's own flags, then what this command line changes
-            FLAGS.unparse_flags()
-            try:
-                FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
-            except flags.Error as e:
-                raise UserError(f"{saved}: {e}") from None
+    no_positional_arguments(argv)
+    reload_flags_for_resume(FLAGS)
     if FLAGS.cpu_devices > 1 and FLAGS.strategy != "mirrored":
         raise UserError("--cpu_devices needs --strategy=mirrored")
     from dprime_tf.train_job import import_tensorflow_quietly, validate

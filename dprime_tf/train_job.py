@@ -264,13 +264,7 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
                                              write_graph=False),
                  *extra_callbacks]
 
-    epoch, offset = divmod(start_step, steps_per_epoch)
-    # A resumed, half-done epoch runs as its own fit() of the remaining steps;
-    # each fit() gets a stream starting at the batch number of its first step.
-    segments = [(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []
-    first_full = epoch + (1 if offset else 0)
-    if first_full < cfg.epochs:
-        segments.append((first_full, cfg.epochs, steps_per_epoch))
+    segments = runs.fit_segments(start_step, steps_per_epoch, cfg.epochs)
     try:
         for first, last, steps in segments:
             stream = images.make_stream(data, train_idx, cfg.batch_size, cfg.seed, augment=True,

@@ -232,9 +232,7 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
                  runs.EpochSummary(on_epoch_end),
                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
                  *extra_callbacks]
-    epoch, offset = divmod(start_step, steps_per_epoch)
-    segments = ([(epoch, epoch + 1, steps_per_epoch - offset)] if offset else []) + \
-               ([(epoch + (1 if offset else 0), cfg.epochs, steps_per_epoch)] if epoch + (1 if offset else 0) < cfg.epochs else [])
+    segments = runs.fit_segments(start_step, steps_per_epoch, cfg.epochs)
     try:
         for first, last, steps in segments:
             stream = text.make_stream(corpus.train, cfg.batch_size, cfg.bptt, "train", cfg.seed,
