@@ -48,9 +48,9 @@ flags.DEFINE_string("best_flags", None, "Where to write the best settings (defau
 
 
 def main(argv):
+    from dprime_tf.cli import no_positional_arguments
     from dprime_tf.errors import UserError
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {' '.join(argv[1:])} (flags start with --)")
+    no_positional_arguments(argv)
     if FLAGS.resume:
         raise UserError("--resume is not a tuning flag: rerun the same command (same --tune_dir) to resume")
     if FLAGS.strategy == "multi_worker":
