@@ -8,11 +8,53 @@ import sys
 
 def quiet_tensorflow():
     """Hide TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices):
-    set the log level and import TensorFlow now, quietly."""
+    set the log level and import TensorFlow now, quietly. A command line asking
+    for --deterministic also turns oneDNN's CPU kernels off, which must happen
+    before TensorFlow loads."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and deterministic_requested(sys.argv):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import_tensorflow_quietly()
     import warnings
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+
+
+def deterministic_requested(argv) -> bool:
+    """Whether `argv` (flagfiles expanded; with --resume, the run's flags.txt first)
+    sets --deterministic. Read before the flags are parsed: oneDNN's CPU kernels
+    give results that vary in the last bits from process to process (measured:
+    FI 1e-7 apart at the first step, growing through a search), and they can only
+    be switched off (TF_ENABLE_ONEDNN_OPTS=0) before TensorFlow is imported. With
+    them off, op determinism and one thread, two processes compute bitwise the
+    same search, and a resumed run repeats the uninterrupted one."""
+    from absl import flags
+    try:
+        args = flags.FlagValues().read_flags_from_files(list(argv[1:]), force_gnu=False)
+    except Exception:  # noqa: BLE001  (a bad flagfile is reported by the real parse)
+        return False
+
+    def scan(args, value=False):
+        resume, output_dir = False, None
+        for arg in args:
+            name, _, given = arg.lstrip("-").partition("=")
+            if name == "deterministic":
+                value = given.lower() not in ("false", "0", "no")
+            elif name == "nodeterministic":
+                value = False
+            elif name == "resume":
+                resume = given.lower() not in ("false", "0", "no")
+            elif name == "output_dir":
+                output_dir = given
+        return value, resume, output_dir
+
+    value, resume, output_dir = scan(args)
+    saved = os.path.join(output_dir or "", "flags.txt")
+    if resume and output_dir and os.path.isfile(saved):  # the run's flags, then the command line's
+        try:
+            value = scan(args, scan(flags.FlagValues().read_flags_from_files([f"--flagfile={saved}"]))[0])[0]
+        except Exception:  # noqa: BLE001
+            pass
+    return value
 
 
 def import_tensorflow_quietly():

@@ -35,8 +35,8 @@ flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas
 flags.DEFINE_integer("seed", 2, "Random seed (weights, alphas, data order, augmentation).")
 flags.DEFINE_integer("val_steps", 0, "Validation batches per epoch from the alpha split (0: all).")
 flags.DEFINE_integer("checkpoint_every", 50, "Checkpoint every N steps (and at each epoch end).")
-flags.DEFINE_bool("deterministic", False, "Deterministic kernels and one thread per op (slower). Narrows, but "
-                  "on CPUs does not remove, last-bit differences between two runs of the same flags.")
+flags.DEFINE_bool("deterministic", False, "Bitwise reproducible runs (also across --resume): op determinism, one "
+                  "thread per op and, on CPUs, oneDNN kernels off. Slower.")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy: auto (all GPUs of this host), "
                   "default (one device), mirrored, multi_worker (TF_CONFIG).")

@@ -215,7 +215,10 @@ def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_cal
 def make_deterministic():
     """Deterministic kernels and one thread per op: multi-threaded CPU
     reductions differ in the last bits from run to run, and a search amplifies
-    such differences. Slower; on CPUs some last-bit differences remain."""
+    such differences. Slower. On CPUs, oneDNN's kernels also vary between
+    processes: bitwise reproducibility needs TF_ENABLE_ONEDNN_OPTS=0 before
+    TensorFlow is imported, which the command lines set for --deterministic
+    (cli.deterministic_requested); Python users set it themselves."""
     tf.config.experimental.enable_op_determinism()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)

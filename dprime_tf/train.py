@@ -46,8 +46,8 @@ flags.DEFINE_integer("batch_size", 96, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, data order, augmentation).")
 flags.DEFINE_integer("checkpoint_every", 200, "Checkpoint every N steps (and at each epoch end).")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar + epoch line, 2 Keras' epoch line + epoch line.")
-flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: the same flags give bitwise the same run "
-                  "(also across --resume); slower. Without it CPU kernels differ in the last bits run to run.")
+flags.DEFINE_bool("deterministic", False, "Bitwise reproducible runs (also across --resume): op determinism, one "
+                  "thread per op and, on CPUs, oneDNN kernels off. Slower.")
 flags.DEFINE_bool("mixed_precision", False, "Keras 'mixed_float16' policy with loss scaling (for GPUs; slow on CPUs).")
 flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored"), "tf.distribute strategy: auto (all GPUs "
                   "of this host), default (one device), mirrored.")
