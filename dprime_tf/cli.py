@@ -133,7 +133,9 @@ def reload_flags_for_resume(FLAGS):
         try:
             FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])
         except flags.Error as e:
-            raise UserError(f"{saved}: {e}") from None
+            FLAGS.unparse_flags()  # back to the command line's flags: absl reads some after main returns
+            FLAGS(sys.argv)
+            raise UserError(f"{saved}: {e} (fix or delete that file)") from None
 
 
 def module_flags_text(FLAGS, module_name: str, exclude=(), extra=()) -> str:

@@ -18,3 +18,17 @@ def test_deterministic_is_found_in_argv_flagfiles_and_a_resumed_runs_flags(tmp_p
     assert not deterministic_requested(["prog", "--resume", f"--output_dir={run}", "--nodeterministic"])
     assert not deterministic_requested(["prog", f"--output_dir={run}"])  # not resuming: its flags do not count
     assert not deterministic_requested(["prog", "--flagfile=/no/such.flags"])  # the real parse reports it
+
+
+def test_a_corrupt_flags_txt_on_resume_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "flags.txt").write_text("--no_such_flag=1\n")
+    proc = subprocess.run([sys.executable, "-m", "dprime_tf.search", "--resume", f"--output_dir={tmp_path}"],
+                          cwd=root, env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"),
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: {tmp_path / 'flags.txt'}: ") and "no_such_flag" in lines[0]
