@@ -41,7 +41,7 @@ import time
 
 from dprime_tf import prime
 from dprime_tf.errors import UserError
-from dprime_tf.train_job_rnn import is_text_dataset  # noqa: F401  (search.py asks it which search to run)
+from dprime_tf.train_job_rnn import is_text_dataset, language_model_checks  # noqa: F401  (search.py asks it which search to run)
 
 ARCH_BETA_1 = 0.9  # PyTorch Adam's default, used by DARTS's recurrent architect
 
@@ -120,12 +120,7 @@ def validate(cfg: RNNSearchConfig) -> None:
         (cfg.batch_size >= 1 and cfg.eval_batch_size >= 1, "--batch_size and --eval_batch_size must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0 = a full pass)"),
         (cfg.bptt >= 2, "--bptt must be >= 2"),
-        (cfg.emsize >= 1 and cfg.nhid >= 1, "--emsize and --nhid must be >= 1"),
-        (cfg.emsize == cfg.nhid, f"--emsize ({cfg.emsize}) must equal --nhid ({cfg.nhid}): "
-                                 "the decoder is tied to the embedding"),
-        (all(0 <= r < 1 for r in (cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute)),
-         "dropout rates (--dropout, --dropouth, --dropoutx, --dropouti, --dropoute) must be in [0, 1)"),
-        (cfg.tar_beta >= 0, "--tar_beta must be >= 0"),
+        *language_model_checks(cfg),
         (cfg.schedule in prime.SCHEDULES, f"--schedule must be one of {', '.join(prime.SCHEDULES)}"),
         (cfg.split in prime.SPLITS, f"--split must be one of {', '.join(prime.SPLITS)}"),
         (cfg.reg in prime.REGULARIZERS, f"--reg must be one of {', '.join(prime.REGULARIZERS)}"),

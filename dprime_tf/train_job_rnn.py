@@ -74,6 +74,19 @@ class RNNTrainConfig:
     verbose: int = 1
 
 
+def language_model_checks(cfg) -> list[tuple[bool, str]]:
+    """(condition, message) checks of the language model's settings, shared by the
+    recurrent search and training configs."""
+    return [
+        (cfg.emsize >= 1 and cfg.nhid >= 1, "--emsize and --nhid must be >= 1"),
+        (cfg.emsize == cfg.nhid, f"--emsize ({cfg.emsize}) must equal --nhid ({cfg.nhid}): "
+                                 "the decoder is tied to the embedding"),
+        (all(0 <= r < 1 for r in (cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute)),
+         "dropout rates (--dropout, --dropouth, --dropoutx, --dropouti, --dropoute) must be in [0, 1)"),
+        (cfg.tar_beta >= 0, "--tar_beta must be >= 0"),
+    ]
+
+
 def validate(cfg: RNNTrainConfig) -> RecurrentGenotype:
     """One-line errors for values training cannot run with; returns the genotype."""
     checks = [
@@ -85,12 +98,7 @@ def validate(cfg: RNNTrainConfig) -> RecurrentGenotype:
          "--batch_size, --eval_batch_size and --test_batch_size must be >= 1"),
         (cfg.bptt >= 2, "--bptt must be >= 2"),
         (cfg.max_seq_len_delta >= 0, "--max_seq_len_delta must be >= 0"),
-        (cfg.emsize >= 1 and cfg.nhid >= 1, "--emsize and --nhid must be >= 1"),
-        (cfg.emsize == cfg.nhid, f"--emsize ({cfg.emsize}) must equal --nhid ({cfg.nhid}): "
-                                 "the decoder is tied to the embedding"),
-        (all(0 <= r < 1 for r in (cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute)),
-         "dropout rates (--dropout, --dropouth, --dropoutx, --dropouti, --dropoute) must be in [0, 1)"),
-        (cfg.tar_beta >= 0, "--tar_beta must be >= 0"),
+        *language_model_checks(cfg),
         (cfg.learning_rate > 0, "--learning_rate must be > 0"),
         (cfg.weight_decay >= 0, "--weight_decay must be >= 0"),
         (cfg.grad_clip > 0, "--grad_clip must be > 0"),
