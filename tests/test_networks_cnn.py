@@ -263,3 +263,20 @@ def test_keras_file_round_trip_gives_identical_outputs(tiny, tmp_path):
     assert loaded.get_config()["genotype"] == ALL_OPS.to_dict()
     np.testing.assert_array_equal(loaded(x).numpy(), tiny(x).numpy())
     assert count_parameters(loaded, include_auxiliary=True) == count_parameters(tiny, include_auxiliary=True)
+
+
+def test_batch_norm_tracks_unbiased_variance_like_pytorch():
+    from dprime_tf.networks.ops import BatchNorm, batch_norm
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(4, 3, 3, 5)).astype(np.float32)
+    bn = batch_norm()
+    y = bn(x, training=True).numpy()
+    flat = x.reshape(-1, 5).astype(np.float64)
+    # PyTorch: running = 0.9 * running + 0.1 * batch, with the unbiased batch variance;
+    # the output is normalized with the biased one.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+    expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    np.testing.assert_allclose(y.reshape(-1, 5), expected, atol=1e-4)
+    clone = BatchNorm.from_config(bn.get_config())
+    assert isinstance(clone, BatchNorm) and clone.momentum == bn.momentum and clone.epsilon == bn.epsilon

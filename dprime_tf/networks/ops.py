@@ -2,10 +2,10 @@
 
 Unlike the search supernet (dprime_tf.search_space.cnn), every op here is an
 ordinary stack of built-in layers (Conv2D, DepthwiseConv2D, affine
-BatchNormalization, ZeroPadding2D, pooling), so the networks export cleanly
+batch norm, ZeroPadding2D, pooling), so the networks export cleanly
 to SavedModel / ONNX and follow a `keras.mixed_precision` policy. Custom
 layers exist only where no built-in one does: `Subsample`,
-`FactorizedReduce` and `DropPath`.
+`FactorizedReduce`, `DropPath`, and `BatchNorm` (PyTorch's running variance).
 
 Padding follows the reference (symmetric k//2, times the dilation). TF's
 'SAME' is symmetric only at stride 1 for odd kernels, so strided ops either
@@ -49,8 +49,37 @@ def torch_kernel_init():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+@keras.saving.register_keras_serializable("dprime_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """Keras' affine batch norm, except that in training the moving variance
+    tracks the unbiased batch variance (times n/(n-1)), as PyTorch's does.
+
+    Normalization itself uses the biased variance in both libraries; only the
+    running statistic, and so every inference-mode output (evaluation, the
+    exported SavedModel and ONNX files), differs. Keras' own layer makes
+    running variances n/(n-1) too small, which matters on small feature maps
+    and small per-replica batches. Inference is Keras' code path unchanged.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32) if inputs.dtype in (tf.float16, tf.bfloat16) else inputs
+        mean, variance = self._moments(x, None)
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), self._reduction_axes)), x.dtype)
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        m = self.momentum
+        self.moving_mean.assign(tf.cast(self.moving_mean, x.dtype) * m + mean * (1.0 - m))
+        self.moving_variance.assign(tf.cast(self.moving_variance, x.dtype) * m + unbiased * (1.0 - m))
+        gamma = tf.cast(self.gamma, x.dtype) if self.scale else None
+        beta = tf.cast(self.beta, x.dtype) if self.center else None
+        out = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                            epsilon=self.epsilon)
+        return tf.cast(out, self.compute_dtype)
+
+
 def batch_norm(name=None):
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def conv2d(filters, kernel_size, strides=1, padding="valid", name=None):
