@@ -11,6 +11,8 @@ _PUBLIC = {
     "BilevelSearch": "dprime_tf.searcher",
     "SearchConfig": "dprime_tf.search_job",
     "run_search": "dprime_tf.search_job",
+    "SearchSpace": "dprime_tf.spaces.base",
+    "SearchData": "dprime_tf.spaces.base",
     # the method's math
     "discretize": "dprime_tf.prime",
     "proximity_penalty": "dprime_tf.prime",
@@ -34,7 +36,7 @@ _PUBLIC = {
     "RecurrentGenotype": "dprime_tf.genotype_rnn",
     "derive_recurrent_genotype": "dprime_tf.genotype_rnn",
     "RNNModel": "dprime_tf.networks.rnn",
-    "RNNSearchConfig": "dprime_tf.search_job_rnn",
+    "RNNSearchConfig": "dprime_tf.search_job",
     # tuning (keras-tuner)
     "SearchHyperModel": "dprime_tf.tuning",
     "SearchTuner": "dprime_tf.tuning",

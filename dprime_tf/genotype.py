@@ -30,8 +30,45 @@ class GenotypeError(errors.UserError):
 Gene = tuple[tuple[str, int], ...]
 
 
+class GenotypeFiles:
+    """JSON text and files for a genotype class: `from_dict`, `to_dict` and a
+    `published()` table of names come from the class."""
+
+    what = "name"  # "nor a published <what>" in errors
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"genotype is not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, spec: str):
+        """A published name (DARTS_V2), a JSON file, or a run directory holding genotype.json."""
+        import os
+        published = cls.published()
+        if spec in published:
+            return published[spec]
+        path = os.path.join(spec, "genotype.json") if os.path.isdir(spec) else spec
+        if not os.path.isfile(path):
+            names = ", ".join(sorted(published))
+            raise GenotypeError(f"genotype '{spec}' is neither a file, a run directory with genotype.json, "
+                                f"nor a published {cls.what} ({names})")
+        with open(path) as f:
+            text = f.read()
+        try:
+            return cls.from_json(text)
+        except GenotypeError as e:
+            raise GenotypeError(f"{path}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
-class Genotype:
+class Genotype(GenotypeFiles):
     normal: Gene
     normal_concat: tuple[int, ...]
     reduce: Gene
@@ -77,8 +114,9 @@ class Genotype:
             "reduce_concat": list(self.reduce_concat),
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    @staticmethod
+    def published() -> dict:
+        return PUBLISHED
 
     @classmethod
     def from_dict(cls, data) -> "Genotype":
@@ -96,31 +134,6 @@ class Genotype:
             )
         except (TypeError, ValueError) as e:
             raise GenotypeError(f"genotype JSON is malformed: {e}") from None
-
-    @classmethod
-    def from_json(cls, text: str) -> "Genotype":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"genotype is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data)
-
-    @classmethod
-    def load(cls, spec: str) -> "Genotype":
-        """A published name (DARTS_V2), a JSON file, or a run directory holding genotype.json."""
-        import os
-        if spec in PUBLISHED:
-            return PUBLISHED[spec]
-        path = os.path.join(spec, "genotype.json") if os.path.isdir(spec) else spec
-        if not os.path.exists(path):
-            names = ", ".join(sorted(PUBLISHED))
-            raise GenotypeError(f"genotype '{spec}' is neither a file, a run directory with genotype.json, nor a published name ({names})")
-        with open(path) as f:
-            text = f.read()
-        try:
-            return cls.from_json(text)
-        except GenotypeError as e:
-            raise GenotypeError(f"{path}: {e}") from None
 
 
 def _pairs(value, kind) -> Gene:

@@ -11,19 +11,17 @@ the mean of the `concat` nodes (DARTS: all 8). JSON layout:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 
-from dprime_tf.genotype import GenotypeError, genes_from_selection
+from dprime_tf.genotype import GenotypeError, GenotypeFiles, genes_from_selection
 from dprime_tf.search_space.primitives import RNN_PRIMITIVES
 
 RNN_STEPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
-class RecurrentGenotype:
+class RecurrentGenotype(GenotypeFiles):
     recurrent: tuple[tuple[str, int], ...]
     concat: tuple[int, ...]
 
@@ -56,8 +54,11 @@ class RecurrentGenotype:
     def to_dict(self) -> dict:
         return {"recurrent": [[op, i] for op, i in self.recurrent], "concat": list(self.concat)}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    what = "recurrent genotype"
+
+    @staticmethod
+    def published() -> dict:
+        return PUBLISHED
 
     @classmethod
     def from_dict(cls, data) -> "RecurrentGenotype":
@@ -78,31 +79,6 @@ class RecurrentGenotype:
                                                                 for c in concat):
             raise GenotypeError(f"recurrent genotype 'concat' must be a list of node numbers, got {concat!r}")
         return cls(tuple(pairs), tuple(concat))
-
-    @classmethod
-    def from_json(cls, text: str) -> "RecurrentGenotype":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"genotype is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data)
-
-    @classmethod
-    def load(cls, spec: str) -> "RecurrentGenotype":
-        """A published name (DARTS_V2), a JSON file, or a run directory holding genotype.json."""
-        if spec in PUBLISHED:
-            return PUBLISHED[spec]
-        path = os.path.join(spec, "genotype.json") if os.path.isdir(spec) else spec
-        if not os.path.isfile(path):
-            names = ", ".join(sorted(PUBLISHED))
-            raise GenotypeError(f"genotype '{spec}' is neither a file, a run directory with genotype.json, "
-                                f"nor a published recurrent genotype ({names})")
-        with open(path) as f:
-            text = f.read()
-        try:
-            return cls.from_json(text)
-        except GenotypeError as e:
-            raise GenotypeError(f"{path}: {e}") from None
 
 
 def derive_recurrent_genotype(alpha) -> RecurrentGenotype:

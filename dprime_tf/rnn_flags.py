@@ -3,8 +3,8 @@
 The recurrent search runs when --dataset is a text corpus (ptb_sample, ptb,
 textdir:<path>). Flags it shares with the CNN search (batch size, learning
 rates, clipping, ...) take the recurrent search's own defaults (SPEC section
-6) when they are not given; `dprime_tf.search_job_rnn.config_from_flags`
-resolves them, so flags.txt records the values used.
+6, `dprime_tf.spaces.rnn.RNNSpace.search_defaults`) when they are not given;
+flags.txt records the values used.
 """
 
 from absl import flags

@@ -47,10 +47,14 @@ flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (to
 # Network
 flags.DEFINE_integer("layers", 8, "Cells in the search network (L).")
 flags.DEFINE_integer("init_channels", 16, "Initial channels (C).")
-# Recurrent search space (when --dataset is a text corpus)
-from dprime_tf import rnn_flags  # noqa: E402
+# The flags only one search space has (the recurrent one's: --emsize, --bptt, ...)
+import importlib  # noqa: E402
 
-flags.adopt_module_key_flags(rnn_flags)
+from dprime_tf import spaces  # noqa: E402
+
+for _space in spaces.registered():
+    if _space.search_flags_module:
+        flags.adopt_module_key_flags(importlib.import_module(_space.search_flags_module))
 # Method
 flags.DEFINE_enum("schedule", "dynamic", prime.SCHEDULES, "Alpha-step schedule: dynamic (DARTS-PRIME) or fixed.")
 flags.DEFINE_enum("split", "dynamic", prime.SPLITS, "Train/alpha split: dynamic (1-1/(1+schedfreq)) or half.")
@@ -72,12 +76,20 @@ flags.DEFINE_float("arch_weight_decay", 1e-3, "Alpha L2 (added to the gradient).
 
 
 def config_from_flags():
-    from dprime_tf.search_job_rnn import is_text_dataset
-    if is_text_dataset(FLAGS.dataset):  # the recurrent search: its own config and defaults
-        from dprime_tf.search_job_rnn import config_from_flags as rnn_config_from_flags
-        return rnn_config_from_flags(FLAGS)
-    from dprime_tf.search_job import SearchConfig
-    return cli.config_from_flags(FLAGS, SearchConfig, "search")
+    """The SearchConfig of the flags. Settings the command line leaves unset take
+    the search space's defaults (the recurrent space's batch size, learning
+    rates, ...), written back into the flags so that flags.txt records them."""
+    import dataclasses
+
+    from dprime_tf.search_job import SearchConfig, resolve
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(SearchConfig) if f.name in FLAGS}
+    unset = {name for name in values if not FLAGS[name].present}
+    values.update({name: None for name in unset if name in spaces.base.SPACE_DEFAULTED})
+    values["output_dir"] = values.get("output_dir") or cli.default_run_dir("search")
+    cfg = resolve(SearchConfig(**values))
+    for name in unset:
+        FLAGS[name].value = getattr(cfg, name)
+    return cfg
 
 
 def main(argv):
@@ -118,6 +130,11 @@ def main(argv):
     print(f"\nrun directory: {summary['run_dir']}")
     print(f"alpha steps: {summary['alpha_steps']} of {summary['steps']} steps ({summary['alpha_step_rate']:.3f})")
     print("genotype:", __import__("json").dumps(summary["genotype"]))
+
+
+def console_main():
+    """The `dprime-search` console script: `python -m dprime_tf.search`."""
+    run_main(main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,16 @@
-"""A complete search run: data -> supernet -> bilevel fit -> genotype + run directory.
+"""A complete search run in any search space: data -> supernet -> bilevel fit ->
+genotype + run directory.
 
 Library entry point behind `python -m dprime_tf.search` (which maps flags to
-a `SearchConfig`); keras-tuner and tests call `run_search` directly.
+a `SearchConfig`); keras-tuner and tests call `run_search` directly. What
+differs between spaces (data, supernet, genotype drawing, extra artifacts)
+comes from the space (dprime_tf.spaces), picked by the dataset.
+
+Run directory: flags.txt, history.csv (one row per step), checkpoints/,
+tensorboard/, genotype.json, genotypes/epoch_NNN.json, alphas.npz,
+alpha_history.npz (softmax weights per epoch, one key per cell kind),
+summary.json, plots/ (alphas_<kind>.png, cell_<kind>.png, schedule.png),
+and what the space adds.
 """
 
 from __future__ import annotations
@@ -14,29 +23,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf import plots, prime, runs
-from dprime_tf.data import images
+from dprime_tf import plots, prime, runs, spaces
 from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
 from dprime_tf.progress import ProgressBar
-from dprime_tf.search_space.cnn import SearchNetwork
 from dprime_tf.searcher import STEP_LOGS, BilevelSearch
+
+# The search settings' values when neither the caller nor the space sets them
+# (DARTS's CNN search; a space overrides some in its `search_defaults`).
+CNN_SEARCH_DEFAULTS = {"batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "momentum": 0.9,
+                       "weight_decay": 3e-4, "grad_clip": 5.0, "arch_learning_rate": 3e-4,
+                       "arch_weight_decay": 1e-3}
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    dataset: str = "sample"
+    """One search's settings. None means "the search space's default" (see
+    `resolve`): the recurrent space's batch size, learning rates and clip
+    differ from the image space's."""
+
+    dataset: str = "sample"  # picks the search space (dprime_tf.spaces.for_dataset)
     data_dir: str | None = None
-    image_size: int | None = None
     output_dir: str = ""
     resume: bool = False
     epochs: int = 50
     until_epoch: int = 0  # stop after this epoch; schedules still span `epochs` (0: `epochs`; Hyperband)
     steps_per_epoch: int = 0  # 0: a full pass over the weight split
-    batch_size: int = 64
-    layers: int = 8
-    init_channels: int = 16
+    batch_size: int | None = None
     seed: int = 2
+    # the method
     schedule: str = "dynamic"
     split: str = "dynamic"
     reg: str = "prox"
@@ -44,33 +59,63 @@ class SearchConfig:
     schedfreq: int = prime.SCHEDFREQ
     threshold_multiplier: float = prime.THRESHOLD_MULTIPLIER
     fi_ewma_beta: float = prime.FI_EWMA_BETA
-    learning_rate: float = 0.025
-    learning_rate_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_learning_rate: float = 3e-4
-    arch_weight_decay: float = 1e-3
     admm_freq: int = prime.ADMM_FREQ
     zu_ewma: float = prime.ZU_EWMA
-    val_steps: int = 0  # 0: the whole alpha split
+    # optimizers
+    learning_rate: float | None = None
+    learning_rate_min: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    arch_learning_rate: float | None = None
+    arch_weight_decay: float | None = None
+    # image space
+    image_size: int | None = None
+    layers: int = 8
+    init_channels: int = 16
+    # recurrent space
+    eval_batch_size: int = 10
+    bptt: int = 35
+    emsize: int = 300
+    nhid: int = 300
+    dropout: float = 0.75
+    dropouth: float = 0.25
+    dropoutx: float = 0.75
+    dropouti: float = 0.2
+    dropoute: float = 0.0
+    tar_beta: float = 1e-3
+    # the run
+    val_steps: int = 0  # 0: all the validation data
     checkpoint_every: int = 50
     deterministic: bool = False  # deterministic kernels, one thread per op (slower)
     verbose: int = 1
 
+    @property
+    def search_space(self) -> str:
+        return spaces.for_dataset(self.dataset).name
+
+
+@dataclasses.dataclass
+class RNNSearchConfig(SearchConfig):
+    """Deprecated alias (one release): a SearchConfig on the embedded PTB text."""
+
+    dataset: str = "ptb_sample"
+
+
+def resolve(cfg: SearchConfig) -> SearchConfig:
+    """`cfg` with every unset (None) setting filled by its search space's default."""
+    return spaces.for_dataset(cfg.dataset).resolve_search_config(cfg)
+
 
 def validate(cfg: SearchConfig) -> None:
     """One-line errors for values the search cannot run with."""
-    if getattr(cfg, "search_space", "cnn") == "rnn":  # the recurrent (Penn Treebank) search
-        from dprime_tf import search_job_rnn
-        return search_job_rnn.validate(cfg)
+    cfg = resolve(cfg)
+    space = spaces.for_dataset(cfg.dataset)
     checks = [
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (0 <= cfg.until_epoch <= cfg.epochs, "until_epoch must be in [0, --epochs]"),
         (cfg.batch_size >= 1, "--batch_size must be >= 1"),
         (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0 = a full pass)"),
-        (cfg.layers >= 3, "--layers must be >= 3 (the network has two reduction cells)"),
-        (cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "--init_channels must be an even number >= 2"),
         (cfg.schedule in prime.SCHEDULES, f"--schedule must be one of {', '.join(prime.SCHEDULES)}"),
         (cfg.split in prime.SPLITS, f"--split must be one of {', '.join(prime.SPLITS)}"),
         (cfg.reg in prime.REGULARIZERS, f"--reg must be one of {', '.join(prime.REGULARIZERS)}"),
@@ -80,10 +125,11 @@ def validate(cfg: SearchConfig) -> None:
         (0 < cfg.fi_ewma_beta <= 1, "--fi_ewma_beta must be in (0, 1]"),
         (cfg.learning_rate > 0 and cfg.arch_learning_rate > 0, "learning rates must be > 0"),
         (0 <= cfg.learning_rate_min <= cfg.learning_rate, "--learning_rate_min must be in [0, --learning_rate]"),
+        (0 <= cfg.momentum < 1, "--momentum must be in [0, 1)"),
         (cfg.grad_clip > 0, "--grad_clip must be > 0"),
+        (cfg.val_steps >= 0, "--val_steps must be >= 0"),
         (cfg.checkpoint_every >= 1, "--checkpoint_every must be >= 1"),
-        (cfg.image_size is None or (cfg.image_size >= 8 and cfg.image_size % 4 == 0),
-         "--image_size must be a multiple of 4, >= 8"),
+        *space.search_checks(cfg),
         (bool(cfg.output_dir), "--output_dir is required"),
     ]
     for ok, message in checks:
@@ -91,125 +137,158 @@ def validate(cfg: SearchConfig) -> None:
             raise UserError(message)
 
 
-def _summary_line(epoch, logs, genotype, alpha_steps, steps):
-    g = lambda kind: " ".join(f"{op}<-{i}" for op, i in getattr(genotype, kind))  # noqa: E731
-    val = f" val_acc {logs['val_accuracy']:.4f}" if "val_accuracy" in logs else ""
-    return (f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f}"
-            f"{val} alpha steps {alpha_steps}/{steps}\n  normal: {g('normal')}\n  reduce: {g('reduce')}")
+def bilevel_search(net, cfg: SearchConfig, steps_per_epoch: int, arch_beta_1: float = 0.5) -> BilevelSearch:
+    """The BilevelSearch of a resolved config (call inside the strategy's scope)."""
+    return BilevelSearch(
+        net, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
+        regularizer=cfg.reg, rho=cfg.rho, schedfreq=cfg.schedfreq,
+        threshold_multiplier=cfg.threshold_multiplier, fi_ewma_beta=cfg.fi_ewma_beta,
+        learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
+        arch_beta_1=arch_beta_1, arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq,
+        zu_ewma=cfg.zu_ewma)
 
 
 def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None,
                flags_text: str | None = None, extra_callbacks=()) -> dict:
     """Runs (or resumes) a search; returns a summary dict (also in <run>/summary.json)."""
-    if getattr(cfg, "search_space", "cnn") == "rnn":  # the recurrent (Penn Treebank) search
-        from dprime_tf.search_job_rnn import run_rnn_search
-        return run_rnn_search(cfg, strategy, flags_text, extra_callbacks)
+    cfg = resolve(cfg)
     validate(cfg)
+    space = spaces.for_dataset(cfg.dataset)
     strategy = strategy or tf.distribute.get_strategy()
+    data = space.load_search_data(cfg, strategy.num_replicas_in_sync)  # bad data: nothing written
     with output_dirs(strategy, cfg.output_dir, cfg.resume) as (chief, run_dir, worker_dir):
-        return _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks)
+        job = SearchJob(cfg, space, data, strategy, chief, run_dir, worker_dir)
+        return job.run(flags_text, extra_callbacks)
 
 
-def _run_search(cfg, strategy, chief, run_dir, worker_dir, flags_text, extra_callbacks):
-    if chief and flags_text is not None:
-        runs.write_flags(run_dir, flags_text)
-    started = time.time()
+@dataclasses.dataclass
+class SearchJob:
+    """One search run's state, handed to the space's hooks."""
 
-    data = images.load_images(cfg.dataset, cfg.data_dir, cfg.image_size, split="train")
-    portion = prime.weight_portion(cfg.split, cfg.schedfreq)
-    weight_idx, alpha_idx = images.split_indices(len(data.labels), portion)
-    per_pass = images.steps_per_pass(len(weight_idx), cfg.batch_size)
-    if per_pass < 1 or images.steps_per_pass(len(alpha_idx), cfg.batch_size) < 1:
-        raise UserError(f"--batch_size {cfg.batch_size} is larger than a split of the {len(data.labels)} "
-                        f"images ({len(weight_idx)} weight / {len(alpha_idx)} alpha): use a smaller --batch_size")
-    steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass
-    image_size = data.images.shape[1]
+    cfg: SearchConfig
+    space: spaces.SearchSpace
+    data: spaces.SearchData
+    strategy: tf.distribute.Strategy
+    chief: bool
+    run_dir: str
+    worker_dir: str | None
+    net: keras.Model | None = None
+    search: BilevelSearch | None = None
+    eval_data: tf.data.Dataset | None = None
+    summary_extra: dict = dataclasses.field(default_factory=dict)
 
-    if cfg.deterministic:
-        make_deterministic()
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        net = SearchNetwork(cfg.init_channels, cfg.layers, data.num_classes, image_size=image_size)
-        search = BilevelSearch(
-            net, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
-            regularizer=cfg.reg, rho=cfg.rho, schedfreq=cfg.schedfreq,
-            threshold_multiplier=cfg.threshold_multiplier, fi_ewma_beta=cfg.fi_ewma_beta,
-            learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
-            arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq, zu_ewma=cfg.zu_ewma)
-    manager, start_step = runs.search_checkpoint(search, run_dir, chief, worker_dir, cfg.resume, cfg.verbose,
-                                                 steps_per_epoch)
-    end_epoch = cfg.until_epoch or cfg.epochs
-    if start_step >= steps_per_epoch * end_epoch:
-        raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
+    def validation_logs(self) -> dict:
+        return self.search.evaluate(self.eval_data, verbose=0, return_dict=True)
 
-    alpha_path = os.path.join(run_dir, "alpha_history.npz")
-    alpha_hist = dict(np.load(alpha_path)) if (cfg.resume and os.path.exists(alpha_path)) else {}
-    last_logs = {}
+    def validation_perplexity(self) -> float:
+        return float(np.exp(self.validation_logs()["loss"]))
 
-    def on_epoch_end(epoch, logs):
-        last_logs.update(epoch=epoch + 1, **{k: float(logs[k]) for k in ("val_loss", "val_accuracy") if k in logs})
-        weights = net.mixing_weights()
-        genotype = net.genotype()
-        for kind in ("normal", "reduce"):
-            prev = alpha_hist.get(kind, np.zeros((0,) + weights[kind].shape))[:epoch]
-            alpha_hist[kind] = np.concatenate([prev, weights[kind][None]], 0)
+    def run(self, flags_text, extra_callbacks):
+        cfg, space, data, chief, run_dir = self.cfg, self.space, self.data, self.chief, self.run_dir
+        if chief and flags_text is not None:
+            runs.write_flags(run_dir, flags_text)
+        started = time.time()
+        steps_per_epoch = min(cfg.steps_per_epoch, data.steps_per_pass) if cfg.steps_per_epoch else data.steps_per_pass
+        if cfg.deterministic:
+            make_deterministic()
+        keras.utils.set_random_seed(cfg.seed)
+        with self.strategy.scope():
+            self.net = net = space.build_supernet(cfg, data)
+            self.search = search = bilevel_search(net, cfg, steps_per_epoch, space.arch_beta_1)
+        manager, start_step = runs.search_checkpoint(search, run_dir, chief, self.worker_dir, cfg.resume,
+                                                     cfg.verbose, steps_per_epoch)
+        end_epoch = cfg.until_epoch or cfg.epochs
+        if start_step >= steps_per_epoch * end_epoch:
+            raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
+        self.eval_data = data.eval_data.take(cfg.val_steps) if cfg.val_steps else data.eval_data
+        self.summary_extra.update(space.before_search(self))
+
+        alpha_path = os.path.join(run_dir, "alpha_history.npz")
+        alpha_hist = dict(np.load(alpha_path)) if (cfg.resume and os.path.exists(alpha_path)) else {}
+        last_logs = {}
+
+        def on_epoch_end(epoch, logs):
+            last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
+            genotype = net.genotype()
+            for kind, weights in net.mixing_weights().items():
+                prev = alpha_hist.get(kind, np.zeros((0,) + weights.shape))[:epoch]
+                alpha_hist[kind] = np.concatenate([prev, weights[None]], 0)
+            if chief:
+                runs.atomic_savez(alpha_path, **alpha_hist)
+                runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
+                                  genotype.to_json())
+                self._write_plots(alpha_hist, genotype)
+            if cfg.verbose:
+                print(self._epoch_line(epoch, logs, genotype), flush=True)
+
+        metric = space.metric
+        history_cb = runs.StepHistory(os.path.join(run_dir if chief else self.worker_dir, "history.csv"),
+                                      [c.replace("accuracy", metric) for c in STEP_LOGS], search.search_step,
+                                      resume_step=start_step)
+        callbacks = [history_cb, runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every,
+                                                     is_chief=chief),
+                     runs.EpochSummary(on_epoch_end), *extra_callbacks]
         if chief:
-            runs.atomic_savez(alpha_path, **alpha_hist)
-            runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"), genotype.to_json())
-            _write_plots(run_dir, net, alpha_hist, genotype)
-        if cfg.verbose:
-            print(_summary_line(epoch, logs, genotype, int(search.alpha_steps.numpy()),
-                                int(search.search_step.numpy())), flush=True)
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+        if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
+            callbacks.append(ProgressBar(("loss", metric, "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
+                                         cfg.epochs))
+        try:
+            for first, last, steps in runs.fit_segments(start_step, steps_per_epoch, end_epoch):
+                search.set_alpha_stream(data.alpha_stream(int(search.alpha_steps.numpy())))
+                search.fit(data.weight_stream(int(search.search_step.numpy())), epochs=last, initial_epoch=first,
+                           steps_per_epoch=steps, validation_data=self.eval_data, callbacks=callbacks,
+                           verbose=2 if (cfg.verbose == 2 and chief) else 0)
+        finally:
+            history_cb.close()
 
-    history_cb = runs.StepHistory(os.path.join(run_dir if chief else worker_dir, "history.csv"),
-                                  STEP_LOGS, search.search_step, resume_step=start_step)
-    callbacks = [history_cb, runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every, is_chief=chief),
-                 runs.EpochSummary(on_epoch_end), *extra_callbacks]
-    if chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
-    if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
-        callbacks.append(ProgressBar(("loss", "accuracy", "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
-                                     cfg.epochs))
+        self.summary_extra.update(space.after_search(self))
+        genotype = net.genotype()
+        steps_done = int(search.search_step.numpy())
+        summary = {
+            "search_space": space.name,
+            "genotype": genotype.to_dict(),
+            "steps": steps_done,
+            "alpha_steps": int(search.alpha_steps.numpy()),
+            "alpha_step_rate": float(search.alpha_steps.numpy()) / max(steps_done, 1),
+            "fi_ewma": float(search.fi_ewma.numpy()), "tau": float(search.tau.numpy()),
+            "wall_seconds_this_process": round(time.time() - started, 1),
+            "network_weights": int(sum(np.prod(w.shape) for w in net.trainable_weights)),
+            **data.summary, "steps_per_epoch": steps_per_epoch,
+            "epochs_done": steps_done // steps_per_epoch,
+            # the supernet on the validation data at the end of the last epoch run (keras-tuner's objective)
+            **{k: v for k, v in last_logs.items() if k.startswith("val_")},
+            **self.summary_extra,
+        }
+        if chief:
+            runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), **space.alpha_arrays(net))
+            runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
+            runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+            self._write_plots(alpha_hist, genotype, history=True)
+        summary["run_dir"] = run_dir
+        return summary
 
-    eval_data = images.make_eval_dataset(data, cfg.batch_size, alpha_idx)
-    val_steps = cfg.val_steps or None
-    segments = runs.fit_segments(start_step, steps_per_epoch, end_epoch)
-    try:
-        for first, last, steps in segments:
-            done = int(search.search_step.numpy())
-            search.set_alpha_stream(images.make_stream(data, alpha_idx, cfg.batch_size, cfg.seed + 1,
-                                                       start_batch=int(search.alpha_steps.numpy())))
-            weight_stream = images.make_stream(data, weight_idx, cfg.batch_size, cfg.seed, start_batch=done)
-            search.fit(weight_stream, epochs=last, initial_epoch=first, steps_per_epoch=steps,
-                       validation_data=eval_data, validation_steps=val_steps, callbacks=callbacks,
-                       verbose=2 if (cfg.verbose == 2 and chief) else 0)
-    finally:
-        history_cb.close()
+    def _epoch_line(self, epoch, logs, genotype):
+        metric, fmt = self.space.metric, self.space.format_metric
+        nan = float("nan")
+        val = f" val_{metric} {fmt(logs[f'val_{metric}'])}" if f"val_{metric}" in logs else ""
+        cells = "".join(f"\n  {line}" for line in self.space.genotype_lines(genotype))
+        return (f"epoch {epoch + 1}: loss {logs.get('loss', nan):.4f} {metric} {fmt(logs.get(metric, nan))}{val} "
+                f"alpha steps {int(self.search.alpha_steps.numpy())}/{int(self.search.search_step.numpy())}{cells}")
 
-    genotype = net.genotype()
-    summary = {
-        "genotype": genotype.to_dict(),
-        "steps": int(search.search_step.numpy()),
-        "alpha_steps": int(search.alpha_steps.numpy()),
-        "alpha_step_rate": float(search.alpha_steps.numpy()) / max(int(search.search_step.numpy()), 1),
-        "fi_ewma": float(search.fi_ewma.numpy()), "tau": float(search.tau.numpy()),
-        "wall_seconds_this_process": round(time.time() - started, 1),
-        "network_weights": int(sum(np.prod(w.shape) for w in net.trainable_weights)),
-        "dataset": data.name, "num_classes": data.num_classes, "image_size": int(image_size),
-        "weight_images": len(weight_idx), "alpha_images": len(alpha_idx), "steps_per_epoch": steps_per_epoch,
-        # the supernet on the alpha split at the end of the last epoch run (keras-tuner's objective)
-        "epochs_done": int(search.search_step.numpy()) // steps_per_epoch,
-        **{k: v for k, v in last_logs.items() if k.startswith("val_")},
-    }
-    if chief:
-        runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), alpha_normal=net.alpha_normal.numpy(),
-                          alpha_reduce=net.alpha_reduce.numpy())
-        runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
-        runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
-        _write_plots(run_dir, net, alpha_hist, genotype, history=True)
-    summary["run_dir"] = run_dir
-    return summary
+    def _write_plots(self, alpha_hist, genotype, history=False):
+        pdir = os.path.join(self.run_dir, "plots")
+        for kind, hist in alpha_hist.items():
+            if len(hist):
+                plots.plot_alpha_history(os.path.join(pdir, f"alphas_{kind}.png"), hist, self.net.primitives,
+                                         f"{kind} cell: mixing weights per edge", x=np.arange(1, len(hist) + 1))
+        self.space.draw_genotype(pdir, genotype)
+        hist_path = os.path.join(self.run_dir, "history.csv")
+        if history and os.path.exists(hist_path):
+            h = runs.read_history(hist_path)
+            if h:
+                plots.plot_schedule(os.path.join(pdir, "schedule.png"), h)
 
 
 def make_deterministic():
@@ -225,18 +304,3 @@ def make_deterministic():
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TensorFlow already started its thread pools
         pass
-
-
-def _write_plots(run_dir, net, alpha_hist, genotype, history=False):
-    pdir = os.path.join(run_dir, "plots")
-    for kind in ("normal", "reduce"):
-        if kind in alpha_hist and len(alpha_hist[kind]):
-            plots.plot_alpha_history(os.path.join(pdir, f"alphas_{kind}.png"), alpha_hist[kind], net.primitives,
-                                     f"{kind} cell: mixing weights per edge", x=np.arange(1, len(alpha_hist[kind]) + 1))
-        plots.plot_cell(os.path.join(pdir, f"cell_{kind}.png"), getattr(genotype, kind),
-                        getattr(genotype, kind + "_concat"), f"{kind} cell")
-    hist_path = os.path.join(run_dir, "history.csv")
-    if history and os.path.exists(hist_path):
-        h = runs.read_history(hist_path)
-        if h:
-            plots.plot_schedule(os.path.join(pdir, "schedule.png"), h)

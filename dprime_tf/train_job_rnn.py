@@ -33,15 +33,9 @@ import time
 
 from dprime_tf.errors import UserError
 from dprime_tf.genotype_rnn import RecurrentGenotype
+from dprime_tf.spaces.rnn import is_text_dataset, language_model_checks
 
 STEP_LOGS = ("loss", "perplexity", "batch_loss", "lr", "seq_len", "grad_norm")
-TEXT_DATASETS = ("ptb_sample", "ptb")
-
-
-def is_text_dataset(spec) -> bool:
-    """Whether a --dataset spec names a text corpus (see dprime_tf.data.text)."""
-    key = str(spec or "").strip().lower()
-    return key in TEXT_DATASETS or key.startswith("textdir:")
 
 
 @dataclasses.dataclass
@@ -72,19 +66,6 @@ class RNNTrainConfig:
     seed: int = 1267
     checkpoint_every: int = 200
     verbose: int = 1
-
-
-def language_model_checks(cfg) -> list[tuple[bool, str]]:
-    """(condition, message) checks of the language model's settings, shared by the
-    recurrent search and training configs."""
-    return [
-        (cfg.emsize >= 1 and cfg.nhid >= 1, "--emsize and --nhid must be >= 1"),
-        (cfg.emsize == cfg.nhid, f"--emsize ({cfg.emsize}) must equal --nhid ({cfg.nhid}): "
-                                 "the decoder is tied to the embedding"),
-        (all(0 <= r < 1 for r in (cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute)),
-         "dropout rates (--dropout, --dropouth, --dropoutx, --dropouti, --dropoute) must be in [0, 1)"),
-        (cfg.tar_beta >= 0, "--tar_beta must be >= 0"),
-    ]
 
 
 def validate(cfg: RNNTrainConfig) -> RecurrentGenotype:

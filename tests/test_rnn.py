@@ -413,7 +413,7 @@ def quick_search(tmp_path_factory):
     """75 steps of the recurrent DARTS-PRIME search on the embedded text, stopped after
     epoch 2 and resumed (in-process) for epoch 3."""
     from dprime_tf.search_job import run_search
-    from dprime_tf.search_job_rnn import RNNSearchConfig
+    from dprime_tf.search_job import RNNSearchConfig
     out = tmp_path_factory.mktemp("rnn_search") / "run"
     cfg = dict(dataset="ptb_sample", output_dir=str(out), epochs=3, steps_per_epoch=25, batch_size=16,
                eval_batch_size=10, emsize=16, nhid=16, learning_rate=5.0, val_steps=6, checkpoint_every=25,
@@ -533,11 +533,14 @@ def test_search_cli_data_error_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_recurrent_config_validation():
-    from dprime_tf.search_job import validate
-    from dprime_tf.search_job_rnn import RNNSearchConfig
+    from dprime_tf.search_job import RNNSearchConfig, SearchConfig, resolve, validate
     validate(RNNSearchConfig(output_dir="x"))  # the paper's defaults pass (dispatched by search_job.validate)
+    # the dataset picks the space, whose defaults fill what the config leaves unset
+    assert RNNSearchConfig(dataset="sample").search_space == "cnn"
+    text = resolve(SearchConfig(dataset="ptb_sample"))
+    assert (text.batch_size, text.learning_rate, text.learning_rate_min, text.grad_clip) == (256, 20.0, 20.0, 0.25)
+    assert resolve(SearchConfig(dataset="sample", learning_rate=0.05)).learning_rate_min == 0.001
     for change, message in ((dict(emsize=16, nhid=8), "must equal --nhid"), (dict(dropout=1.0), "dropout rates"),
-                            (dict(bptt=1), "--bptt"), (dict(learning_rate_min=30.0), "--learning_rate_min"),
-                            (dict(dataset="sample"), "not a text corpus")):
+                            (dict(bptt=1), "--bptt"), (dict(learning_rate_min=30.0), "--learning_rate_min")):
         with pytest.raises(UserError, match=message):
             validate(RNNSearchConfig(output_dir="x", **change))

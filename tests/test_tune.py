@@ -73,7 +73,7 @@ def test_recurrent_search_space_tunes_perplexity():
     from absl import flags
 
     from dprime_tf import search, tuning  # noqa: F401
-    from dprime_tf.search_job_rnn import RNNSearchConfig
+    from dprime_tf.search_job import RNNSearchConfig
     cfg = RNNSearchConfig(output_dir="x")
     hm = tuning.SearchHyperModel(cfg)
     assert (hm.objective.name, hm.objective.direction) == ("val_perplexity", "min")
