@@ -29,34 +29,7 @@ from dprime_tf.errors import UserError
 
 
 # -- atomic files ---------------------------------------------------------------
-def atomic_write(path: str, data: bytes | str) -> None:
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isfile(path):
-        # e.g. os.devnull: replacing it by rename would turn /dev/null into a regular file
-        raise ValueError(f"atomic_write: {path} exists and is not a regular file")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_savez(path: str, **arrays) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write(path, buf.getvalue())
+from dprime_tf.atomic import atomic_write, atomic_write_json, atomic_savez  # noqa: F401
 
 
 # -- run directory ----------------------------------------------------------------

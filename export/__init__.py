@@ -6,11 +6,11 @@
 
 Modules: `pipeline` (export_model: load, stage, convert, check, commit),
 `saved_model` (the serving SavedModel and its contract checks), `onnx`
-(tf2onnx conversion, onnxruntime), `layout` (paths, atomic staging,
+(tf2onnx conversion, onnxruntime), `layout` (paths and
 models.config; no TensorFlow), `client` (TF Serving REST/gRPC client),
 `bench` (SavedModel vs onnxruntime throughput). See BUILD.md (Serving a trained model).
 
 Importing this package does not import TensorFlow.
 """
 
-from export.layout import ExportError  # noqa: F401
+from .layout import ExportError  # noqa: F401

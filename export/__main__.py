@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Trained model: a .keras file, or a training run directory with model.keras.")
@@ -60,43 +60,39 @@ class _NativeStderr:
             os.write(2, data)
 
 
-def _fail(message):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])} (all options are --flags)")
+    from dprime_tf.cli import no_positional_arguments
+    from dprime_tf.errors import UserError
+
+    no_positional_arguments(argv)
     missing = [f"--{f}" for f in ("model", "output_dir", "name", "version") if not getattr(FLAGS, f)]
     if missing:
-        _fail(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
-              "(see python -m export --helpshort)")
+        raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                        "(see python -m export --helpshort)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     native = None if FLAGS.tf_logs else _NativeStderr()
+    failure = None
     try:
-        from dprime_tf.errors import UserError
-        from export.pipeline import export_model
-        try:
-            export_model(FLAGS.model, FLAGS.output_dir, FLAGS.name, FLAGS.version, onnx_path=FLAGS.onnx,
-                         overwrite=FLAGS.overwrite, opset=FLAGS.opset, image_size=FLAGS.image_size,
-                         tolerance=FLAGS.tolerance, parity_images=FLAGS.parity_images, seed=FLAGS.seed,
-                         fresh_process_check=FLAGS.fresh_process_check, log=lambda s: print(s, flush=True))
-        except UserError as e:
-            if native:
-                native.restore()
-                native = None
-            _fail(e)
+        from .pipeline import export_model
+        export_model(FLAGS.model, FLAGS.output_dir, FLAGS.name, FLAGS.version, onnx_path=FLAGS.onnx,
+                     overwrite=FLAGS.overwrite, opset=FLAGS.opset, image_size=FLAGS.image_size,
+                     tolerance=FLAGS.tolerance, parity_images=FLAGS.parity_images, seed=FLAGS.seed,
+                     fresh_process_check=FLAGS.fresh_process_check, log=lambda s: print(s, flush=True))
     except BaseException as e:
-        if native and not isinstance(e, SystemExit):
-            native.restore()
-            native.replay()  # an unexpected failure: show everything for the bug report
-            native = None
+        failure = e
         raise
     finally:
         if native:
             native.restore()
+            if failure is not None and not isinstance(failure, (UserError, SystemExit, KeyboardInterrupt)):
+                native.replay()  # an unexpected failure: show everything for the bug report
+
+
+def console_main():
+    """The `dprime-export` console script (installed as dprime_tf.export): `python -m export`."""
+    from dprime_tf.cli import run_main
+    run_main(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

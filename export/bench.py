@@ -11,12 +11,12 @@ Not a test: the figures depend on the machine and its load.
 
 from __future__ import annotations
 
+import os
 import statistics
-import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "SavedModel version directory (<base>/<name>/<N>).")
@@ -42,8 +42,8 @@ def benchmark(export_dir, onnx_path=None, batch_sizes=(1, 8, 64), runs=7, warmup
     """Rows {"batch", "runtime", "median_img_s", "min_img_s", "max_img_s", "median_ms"}."""
     import tensorflow as tf
 
-    from export import onnx as onnx_export
-    from export import saved_model
+    from . import onnx as onnx_export
+    from . import saved_model
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -81,33 +81,34 @@ def table(rows) -> str:
 
 
 def main(argv):
-    def fail(message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    from dprime_tf.cli import no_positional_arguments
+    from dprime_tf.errors import UserError
 
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    no_positional_arguments(argv)
     if not FLAGS.export_dir:
-        fail("--export_dir is required (a SavedModel version directory)")
+        raise UserError("--export_dir is required (a SavedModel version directory)")
     try:
         sizes = [int(b) for b in FLAGS.batch_sizes]
     except ValueError:
-        fail(f"--batch_sizes must be integers, got {','.join(FLAGS.batch_sizes)}")
+        raise UserError(f"--batch_sizes must be integers, got {','.join(FLAGS.batch_sizes)}") from None
     if not sizes or min(sizes) < 1:
-        fail("--batch_sizes must be positive")
+        raise UserError("--batch_sizes must be positive")
     if FLAGS.runs < 5:
-        fail("--runs must be at least 5")
-    import os
+        raise UserError("--runs must be at least 5")
     for path in (FLAGS.export_dir, FLAGS.onnx):
         if path and not os.path.exists(path):
-            fail(f"{path} does not exist")
+            raise UserError(f"{path} does not exist")
     rows = benchmark(FLAGS.export_dir, FLAGS.onnx, sizes, FLAGS.runs, FLAGS.warmup, FLAGS.threads, FLAGS.seed)
     print(f"\n{FLAGS.export_dir}" + (f" vs {FLAGS.onnx}" if FLAGS.onnx else "")
           + f": median of {FLAGS.runs} runs after {FLAGS.warmup} warm-up runs")
     print(table(rows))
 
 
-if __name__ == "__main__":
-    import os
+def console_main():
+    from dprime_tf.cli import run_main
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    run_main(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -27,9 +27,10 @@ gRPC: `tensorflow.serving.PredictionService/Predict` with a PredictRequest
 uint8 TensorProto made by tf.make_tensor_proto); needs the
 tensorflow-serving-api package. Metadata: GetModelMetadata.
 
-Only the request timeout bounds a call; there are no retries. This module
-does not import the project (dprime_tf), so it can be copied to a client
-machine with numpy (and TensorFlow for files or gRPC).
+Only the request timeout bounds a call; there are no retries. Only the
+command line (`main`) imports the project (dprime_tf, for its one-line
+errors): the functions above can be copied to a client machine with numpy
+(and TensorFlow for files or gRPC).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 
@@ -284,25 +284,31 @@ def predict(server, model, images, version=None, grpc=False, image_size=None, ti
 
 
 def main(argv):
+    """The command line (python -m export.client): ClientError and bad flags are
+    one-line errors with exit code 2 (dprime_tf.cli.run_main)."""
     from absl import flags
+
+    from dprime_tf.cli import import_tensorflow_quietly
+    from dprime_tf.errors import UserError
     FLAGS = flags.FLAGS
     if not FLAGS.model:
-        _fail("--model is required: the model name in TF Serving's models.config")
+        raise UserError("--model is required: the model name in TF Serving's models.config")
     if len(argv) < 2:
-        _fail("give one or more image files after the flags")
+        raise UserError("give one or more image files after the flags")
     labels = None
     if FLAGS.labels:
         try:
             with open(FLAGS.labels) as f:
                 labels = [line.strip() for line in f if line.strip()]
         except OSError as e:
-            _fail(f"cannot read --labels={FLAGS.labels}: {e.strerror}")
+            raise UserError(f"cannot read --labels={FLAGS.labels}: {e.strerror}") from None
     server = FLAGS.server or ("localhost:8500" if FLAGS.grpc else "localhost:8501")
+    import_tensorflow_quietly()  # image files are decoded with TensorFlow: no C++ start-up lines
     try:
         result = predict(server, FLAGS.model, argv[1:], version=FLAGS.version, grpc=FLAGS.grpc,
                          image_size=FLAGS.image_size, timeout=FLAGS.timeout, rest_format=FLAGS.rest_format)
     except ClientError as e:
-        _fail(e)
+        raise UserError(" ".join(str(e).split())) from None
     for path, top in zip(argv[1:], result.top_k(FLAGS.top_k)):
         shown = ", ".join(f"{_label(c, labels)} {p:.3f}" for c, p in top)
         print(f"{path}: {_label(top[0][0], labels)} ({shown})")
@@ -310,11 +316,6 @@ def main(argv):
 
 def _label(c, labels):
     return labels[c] if labels and c < len(labels) else str(c)
-
-
-def _fail(message):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 def _define_flags():
@@ -331,8 +332,12 @@ def _define_flags():
     flags.DEFINE_float("timeout", DEFAULT_TIMEOUT, "Seconds per request.")
 
 
-if __name__ == "__main__":
-    from absl import app
+def console_main():
+    from dprime_tf.cli import run_main
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _define_flags()
-    app.run(main)
+    run_main(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.layout import ExportError, _one_line
+from .layout import ExportError, _one_line
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 18  # tf2onnx 1.17's range worth using (13: Softmax on one axis)

@@ -24,8 +24,10 @@ import os
 
 import numpy as np
 
-from export import layout
-from export.layout import ExportError
+from dprime_tf.atomic import Staging
+
+from . import layout
+from .layout import ExportError
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_PARITY_IMAGES = 8
@@ -82,7 +84,7 @@ def check_parity(model, saved_model_run, onnx_run, images, tolerance=DEFAULT_TOL
 
     Returns (Parity, saved model outputs); raises nothing (see Parity.ok).
     """
-    from export.saved_model import normalize
+    from .saved_model import normalize
 
     keras_logits = np.asarray(model(normalize(images), training=False), dtype=np.float32)
     keras_classes = np.argmax(keras_logits, axis=-1)
@@ -120,7 +122,7 @@ def export_model(model, output_dir, name, version, onnx_path=None, overwrite=Fal
         image_size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(map(int, image_size))
         if min(image_size) < 1:
             raise ExportError(f"--image_size must be positive, got {image_size}")
-    from export import onnx as onnx_export
+    from . import onnx as onnx_export
     opset = onnx_export.check_opset(onnx_export.DEFAULT_OPSET if opset is None else opset)
     destination = layout.version_dir(output_dir, name, version)
     onnx_path = os.path.abspath(os.path.expanduser(onnx_path)) if onnx_path else None
@@ -134,7 +136,7 @@ def export_model(model, output_dir, name, version, onnx_path=None, overwrite=Fal
     config_path, config_text, config_old = layout.plan_models_config(output_dir, name)
 
     # 2. The Keras model.
-    from export import saved_model
+    from . import saved_model
     keras_model = saved_model.load_keras_model(model_path)
     model_size = saved_model.model_image_size(keras_model)
     if image_size is None:
@@ -143,7 +145,7 @@ def export_model(model, output_dir, name, version, onnx_path=None, overwrite=Fal
         image_size = model_size
     log(f"model: {model_path} ({image_size[0]}x{image_size[1]} RGB input)")
 
-    with layout.Staging() as stage:
+    with Staging() as stage:
         # 3. Temporaries next to the destinations.
         staged_dir = stage.temp_dir(destination)
         serve = saved_model.save(keras_model, staged_dir, image_size)

@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from export.layout import ExportError, _one_line
+from .layout import ExportError, _one_line
 
 SIGNATURE = "serving_default"
 INPUT = "images"

@@ -22,12 +22,12 @@ exactly the pixels of the source files. This script does not need TensorFlow.
 """
 
 import argparse
-import io
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from dprime_tf.atomic import atomic_savez
 
 _JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
@@ -63,30 +63,16 @@ def collect(source, per_class):
 
 
 def write_npz(output, blobs, labels, class_names, files):
-    """Writes the sample atomically (temp file in the same folder, then os.replace)."""
+    """Writes the sample atomically (dprime_tf.atomic: readable like any file open() creates)."""
     offsets = np.zeros(len(blobs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
+    atomic_savez(
+        output,
         jpeg=np.frombuffer(b"".join(blobs), np.uint8),
         offsets=offsets,
         labels=np.asarray(labels, np.int32),
         class_names=np.asarray(class_names, dtype=str),
         files=np.asarray(files, dtype=str))
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".sample-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; package data must be readable
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def main(argv=None):
