@@ -5,6 +5,8 @@ network -> export. Public names are imported lazily (TensorFlow loads on
 first use, not on `import dprime_tf`).
 """
 
+__version__ = "0.3.0"
+
 _PUBLIC = {
     # search
     "SearchNetwork": "dprime_tf.search_space.cnn",
@@ -42,6 +44,9 @@ _PUBLIC = {
     "SearchTuner": "dprime_tf.tuning",
     # errors
     "UserError": "dprime_tf.errors",
+    # the shipped flagfiles (configs/; package data once installed)
+    "configs_dir": "dprime_tf.flagfiles",
+    "config_path": "dprime_tf.flagfiles",
 }
 
 __all__ = sorted(_PUBLIC)

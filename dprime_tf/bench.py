@@ -103,5 +103,10 @@ def main(argv):
     print(f"peak RSS: {rss_gb:.2f} GB")
 
 
+def console_main():
+    """The `dprime-bench` console script: `python -m dprime_tf.bench`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

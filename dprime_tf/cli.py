@@ -106,7 +106,8 @@ def run_main(main):
             print(f"error: {e} (see --helpfull)", file=sys.stderr)
             sys.exit(2)
 
-    app.run(wrapped, flags_parser=parse_flags)
+    from dprime_tf.cli_help import help_exits_zero
+    app.run(wrapped, flags_parser=help_exits_zero(parse_flags))
 
 
 # -- flag plumbing shared by the search / train / evaluate command lines -------

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -50,6 +48,21 @@ def prepare_run_dir(run_dir: str, resume: bool) -> str:
     except OSError as e:
         raise UserError(f"cannot create --output_dir {run_dir}: {e.strerror}") from None
     return run_dir
+
+
+def make_deterministic():
+    """Deterministic kernels and one thread per op: multi-threaded CPU
+    reductions differ in the last bits from run to run, and a search amplifies
+    such differences. Slower. On CPUs, oneDNN's kernels also vary between
+    processes: bitwise reproducibility needs TF_ENABLE_ONEDNN_OPTS=0 before
+    TensorFlow is imported, which the command lines set for --deterministic
+    (cli.deterministic_requested); Python users set it themselves."""
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started its thread pools
+        pass
 
 
 def write_flags(run_dir: str, flags_text: str) -> None:
@@ -90,11 +103,48 @@ def search_checkpoint(search, run_dir: str, chief: bool, worker_dir: str | None,
     if latest is None:  # only a non-chief gets here (the chief checked in prepare_run_dir)
         raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
                         "chief's run directory (put --output_dir on a filesystem all hosts share)")
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    restore_latest(checkpoint, ckpt_dir, "resume with the run's own flags (they are re-read from its flags.txt)")
     start_step = int(search.search_step.numpy())
     if verbose:
         print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
     return manager, start_step
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, ckpt_dir: str, hint: str = "") -> None:
+    """Restores the newest checkpoint in `ckpt_dir` into `checkpoint`, every variable
+    required; a missing, corrupt or mismatching checkpoint is a one-line UserError."""
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise UserError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise UserError(f"the checkpoint {latest} does not fit this run ({str(e).strip().splitlines()[0][:160]})"
+                        f"{': ' + hint if hint else ''}") from None
+
+
+def fit_run(model, stream_at, step_variable, start_step: int, steps_per_epoch: int, end_epoch: int,
+            callbacks, closing=(), before_segment=None, **fit_kwargs) -> None:
+    """Continues `model.fit` from `start_step` to the end of `end_epoch`, one fit() call
+    per segment (see fit_segments); `stream_at(step)` is the training stream from batch
+    `step`, `before_segment()` runs before each fit(), and `closing` callbacks (histories)
+    are closed at the end, also on failure."""
+    try:
+        for first, last, steps in fit_segments(start_step, steps_per_epoch, end_epoch):
+            if before_segment is not None:
+                before_segment()
+            model.fit(stream_at(int(step_variable.numpy())), epochs=last, initial_epoch=first,
+                      steps_per_epoch=steps, callbacks=callbacks, **fit_kwargs)
+    finally:
+        for callback in closing:
+            callback.close()
+
+
+def save_model(model, path: str) -> None:
+    """model.save(path) through a temporary file and a rename: never a half-written model."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.keras")
+    model.save(tmp)  # Keras wants the .keras suffix
+    os.replace(tmp, path)
 
 
 class StepHistory(keras.callbacks.Callback):

@@ -109,7 +109,7 @@ def main(argv):
     cfg = config_from_flags()
     validate(cfg)
     if cfg.deterministic:
-        from dprime_tf.search_job import make_deterministic
+        from dprime_tf.runs import make_deterministic
         make_deterministic()
     flags_text = cli.module_flags_text(FLAGS, __name__, exclude={"resume"},
                                        extra=[] if FLAGS.output_dir else [f"--output_dir={os.path.abspath(cfg.output_dir)}"])

@@ -27,6 +27,7 @@ from dprime_tf import plots, prime, runs, spaces
 from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
 from dprime_tf.progress import ProgressBar
+from dprime_tf.runs import make_deterministic
 from dprime_tf.searcher import STEP_LOGS, BilevelSearch
 
 # The search settings' values when neither the caller nor the space sets them
@@ -234,14 +235,10 @@ class SearchJob:
         if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
             callbacks.append(ProgressBar(("loss", metric, "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
                                          cfg.epochs))
-        try:
-            for first, last, steps in runs.fit_segments(start_step, steps_per_epoch, end_epoch):
-                search.set_alpha_stream(data.alpha_stream(int(search.alpha_steps.numpy())))
-                search.fit(data.weight_stream(int(search.search_step.numpy())), epochs=last, initial_epoch=first,
-                           steps_per_epoch=steps, validation_data=self.eval_data, callbacks=callbacks,
-                           verbose=2 if (cfg.verbose == 2 and chief) else 0)
-        finally:
-            history_cb.close()
+        runs.fit_run(search, data.weight_stream, search.search_step, start_step, steps_per_epoch, end_epoch,
+                     callbacks, closing=[history_cb],
+                     before_segment=lambda: search.set_alpha_stream(data.alpha_stream(int(search.alpha_steps.numpy()))),
+                     validation_data=self.eval_data, verbose=2 if (cfg.verbose == 2 and chief) else 0)
 
         self.summary_extra.update(space.after_search(self))
         genotype = net.genotype()
@@ -289,18 +286,3 @@ class SearchJob:
             h = runs.read_history(hist_path)
             if h:
                 plots.plot_schedule(os.path.join(pdir, "schedule.png"), h)
-
-
-def make_deterministic():
-    """Deterministic kernels and one thread per op: multi-threaded CPU
-    reductions differ in the last bits from run to run, and a search amplifies
-    such differences. Slower. On CPUs, oneDNN's kernels also vary between
-    processes: bitwise reproducibility needs TF_ENABLE_ONEDNN_OPTS=0 before
-    TensorFlow is imported, which the command lines set for --deterministic
-    (cli.deterministic_requested); Python users set it themselves."""
-    tf.config.experimental.enable_op_determinism()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already started its thread pools
-        pass

@@ -1,18 +1,12 @@
-"""A complete training run of a final network: genotype -> network -> fit -> model.keras.
+"""A training run of a final network from a genotype, in any search space:
+genotype -> network -> fit -> model.keras + run directory.
 
-Library entry point behind `python -m dprime_tf.train` (which maps flags to a
-`TrainConfig`); tests and tuners call `run_training` directly.
-
-The run directory:
-
-    <run>/flags.txt        the flags used (resume re-reads them)
-    <run>/genotype.json    the genotype trained (a copy)
-    <run>/history.csv      one row per step: step, epoch, loss, accuracy, lr, drop_path_prob
-    <run>/checkpoints/     every --checkpoint_every steps and at each epoch end
-    <run>/tensorboard/     per-epoch loss/accuracy/val_*/lr/drop_path_prob
-    <run>/model.keras      the trained network (keras.models.load_model after
-                           `import dprime_tf.networks`), written at the end
-    <run>/summary.json     final validation accuracy/loss, parameters, wall time
+Library entry point behind `python -m dprime_tf.train` (which maps flags to
+a `TrainConfig`); tests and tuners call `run_training` directly. The space
+comes from --dataset when given, else from the genotype (a recurrent genotype
+trains a language model; a published name such as DARTS_V2 means the image
+space unless --dataset names a text corpus); the space's trainer does the
+rest (dprime_tf.train_job_cnn, dprime_tf.train_job_rnn).
 
 This module imports TensorFlow only inside `run_training`, so the command line
 can reject bad flags, genotypes and paths before TensorFlow's start-up chatter
@@ -24,73 +18,107 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from dprime_tf import spaces
 from dprime_tf.errors import UserError
-from dprime_tf.genotype import Genotype
 
-DATASETS = ("sample", "cifar10", "cifar100")
+# Training settings whose default depends on the space (None in a TrainConfig).
+SPACE_DEFAULTED = ("dataset", "epochs", "batch_size", "learning_rate", "weight_decay", "grad_clip", "seed")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    genotype: str = "DARTS_V2"   # a published name, a genotype JSON file, or a search run directory
-    dataset: str = "sample"
+    """One training run's settings. None means "the space's default" (`resolve`)."""
+
+    genotype: str = "DARTS_V2"  # a published name, a genotype JSON file, or a search run directory
+    dataset: str | None = None  # sample / ptb_sample by the genotype's space
     data_dir: str | None = None
-    image_size: int | None = None
     output_dir: str = ""
     resume: bool = False
-    epochs: int = 600
-    steps_per_epoch: int = 0     # 0: one pass over the training images
-    batch_size: int = 96
+    epochs: int | None = None
+    steps_per_epoch: int = 0  # 0: one pass over the training data
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    seed: int | None = None
+    checkpoint_every: int = 200
+    deterministic: bool = False  # op determinism, one thread per op (slower)
+    verbose: int = 1
+    # image space
+    image_size: int | None = None
+    val_fraction: float = 0.1
     init_channels: int = 36
     layers: int = 20
     auxiliary: bool = True
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.2
     cutout: int = 16
-    learning_rate: float = 0.025
     learning_rate_min: float = 0.0
     momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    seed: int = 0
     mixed_precision: bool = False
-    checkpoint_every: int = 200
-    val_fraction: float = 0.1
-    deterministic: bool = False  # TensorFlow's op determinism (process-wide, cannot be undone)
-    verbose: int = 1
+    # recurrent space
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 35
+    max_seq_len_delta: int = 20
+    emsize: int = 850
+    nhid: int = 850
+    dropout: float = 0.75
+    dropouth: float = 0.25
+    dropoutx: float = 0.75
+    dropouti: float = 0.2
+    dropoute: float = 0.1
+    tar_beta: float = 1e-3
+
+    @property
+    def search_space(self) -> str:
+        return train_space(self).name
 
 
-def validate(cfg: TrainConfig) -> Genotype:
+@dataclasses.dataclass
+class RNNTrainConfig(TrainConfig):
+    """Deprecated alias (one release): a TrainConfig on the embedded PTB text."""
+
+    dataset: str | None = "ptb_sample"
+
+
+def train_space(cfg) -> spaces.SearchSpace:
+    """The space a training run is in: its dataset's, else its genotype's."""
+    if cfg.dataset:
+        return spaces.for_dataset(cfg.dataset)
+    return spaces.for_genotype(cfg.genotype)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with every unset (None) setting filled by its space's training defaults."""
+    space = train_space(cfg)
+    return dataclasses.replace(cfg, **{k: v for k, v in space.train_defaults.items() if getattr(cfg, k) is None})
+
+
+def validate(cfg: TrainConfig):
     """One-line UserErrors for values training cannot run with; returns the genotype.
 
-    Needs no TensorFlow: checks flags, the genotype, the dataset spec (and that
-    a folder exists) and the run directory (fresh, or resumable).
+    Needs no TensorFlow: checks the settings, the genotype, the dataset spec and
+    the run directory (fresh, or resumable).
     """
+    cfg = resolve(cfg)
+    space = train_space(cfg)
     checks = [
         (bool(cfg.output_dir), "--output_dir is required"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0 (0 = one pass), got {cfg.steps_per_epoch}"),
         (cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}"),
-        (cfg.init_channels >= 1, f"--init_channels must be >= 1, got {cfg.init_channels}"),
-        (cfg.layers >= 3, f"--layers must be >= 3 (the network has two reduction cells), got {cfg.layers}"),
-        (cfg.auxiliary_weight >= 0, f"--auxiliary_weight must be >= 0, got {cfg.auxiliary_weight}"),
-        (0 <= cfg.drop_path_prob < 1, f"--drop_path_prob must be in [0, 1), got {cfg.drop_path_prob}"),
-        (cfg.cutout >= 0, f"--cutout must be >= 0 (0 = off), got {cfg.cutout}"),
         (cfg.learning_rate > 0, f"--learning_rate must be > 0, got {cfg.learning_rate}"),
-        (0 <= cfg.learning_rate_min <= cfg.learning_rate,
-         f"--learning_rate_min must be in [0, --learning_rate], got {cfg.learning_rate_min}"),
-        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
         (cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}"),
-        (cfg.grad_clip >= 0, f"--grad_clip must be >= 0 (0 = no clipping), got {cfg.grad_clip}"),
         (cfg.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {cfg.checkpoint_every}"),
-        (0 <= cfg.val_fraction < 1, f"--val_fraction must be in [0, 1) (0 = no validation), got {cfg.val_fraction}"),
-        (cfg.image_size is None or cfg.image_size >= 8, f"--image_size must be >= 8, got {cfg.image_size}"),
         (cfg.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {cfg.verbose}"),
+        *space.train_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    check_dataset_spec(cfg.dataset)
+    space.check_dataset(cfg.dataset)
+    genotypes = space.genotype_class()
     run_dir = os.path.abspath(cfg.output_dir)
     if cfg.resume:
         if not os.path.isfile(os.path.join(run_dir, "checkpoints", "checkpoint")):
@@ -99,8 +127,8 @@ def validate(cfg: TrainConfig) -> Genotype:
         copy = os.path.join(run_dir, "genotype.json")
         if not os.path.isfile(copy):
             raise UserError(f"--resume: {copy} is missing; the run directory is incomplete")
-        genotype = Genotype.load(copy)
-        if cfg.genotype and Genotype.load(cfg.genotype) != genotype:
+        genotype = genotypes.load(copy)
+        if cfg.genotype and genotypes.load(cfg.genotype) != genotype:
             raise UserError(f"--genotype={cfg.genotype} differs from the genotype the run trains ({copy}); "
                             "drop --genotype to resume, or start a new --output_dir")
         return genotype
@@ -112,200 +140,11 @@ def validate(cfg: TrainConfig) -> Genotype:
     if not cfg.genotype:
         raise UserError("--genotype is required: a published name (DARTS_V2), a genotype JSON file, "
                         "or a search run directory holding genotype.json")
-    return Genotype.load(cfg.genotype)
-
-
-def check_dataset_spec(spec):
-    """The dataset spec's syntax (and a folder's existence), without loading anything."""
-    text = str(spec).strip()
-    if text.lower() in DATASETS:
-        return
-    if text.lower().startswith("folder:"):
-        path = text[len("folder:"):]
-        if not path:
-            raise UserError("--dataset=folder: needs a path, e.g. --dataset=folder:/data/my_images")
-        root = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isdir(root):
-            raise UserError(f"--dataset=folder:{path}: no such folder {root}")
-        return
-    raise UserError(f"unknown --dataset={text}: use sample, cifar10, cifar100 or "
-                    "folder:<path> (one sub-folder of images per class)")
-
-
-from dprime_tf.cli import import_tensorflow_quietly  # noqa: E402,F401  (re-exported for train.py)
-
-
-def _epoch_line(epoch, epochs, logs, seconds):
-    parts = [f"epoch {epoch + 1}/{epochs}:",
-             f"loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f}"]
-    if "val_accuracy" in logs:
-        parts.append(f"| val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}")
-    parts.append(f"| lr {logs.get('lr', float('nan')):.5f} drop_path {logs.get('drop_path_prob', 0.0):.3f}"
-                 f" | {seconds:.0f}s")
-    return " ".join(parts)
+    return genotypes.load(cfg.genotype)
 
 
 def run_training(cfg: TrainConfig, strategy=None, flags_text: str | None = None, extra_callbacks=()) -> dict:
-    """Trains (or resumes) a final network; returns the summary (also <run>/summary.json).
-
-    `--mixed_precision` sets Keras' global "mixed_float16" policy for the run;
-    the previous policy is restored afterwards.
-    """
+    """Trains (or resumes) a final network; returns the summary (also <run>/summary.json)."""
+    cfg = resolve(cfg)
     genotype = validate(cfg)
-    import keras
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
-    try:
-        return _train(cfg, genotype, strategy, flags_text, extra_callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-
-
-def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
-    import time
-
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from dprime_tf import runs
-    from dprime_tf.data import images
-    from dprime_tf.networks import build_cifar_network, count_parameters
-    from dprime_tf.trainer import DropPathSchedule, FinalTrainer, TrainHistory, WallClock
-
-    strategy = strategy or tf.distribute.get_strategy()
-    started = time.time()
-    # Everything that can fail on bad input happens before the run directory is
-    # created, so a corrected command line can reuse the same --output_dir.
-    data = images.load_images(cfg.dataset, cfg.data_dir, cfg.image_size, split="train")
-    n = len(data.labels)
-    if cfg.val_fraction > 0:
-        train_idx, val_idx = images.split_indices(n, 1 - cfg.val_fraction)
-    else:
-        train_idx, val_idx = np.arange(n, dtype=np.int64), np.zeros([0], np.int64)
-    per_pass = images.steps_per_pass(len(train_idx), cfg.batch_size)
-    if per_pass < 1:
-        raise UserError(f"--batch_size {cfg.batch_size} is larger than the {len(train_idx)} training images "
-                        f"(of {n}, after holding out --val_fraction={cfg.val_fraction}): use a smaller --batch_size")
-    steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass
-    image_size = int(data.images.shape[1])
-
-    if cfg.deterministic:
-        # Multi-threaded CPU kernels otherwise differ in the last bits from run to
-        # run (same seed), and the difference grows over the steps.
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        try:
-            net = build_cifar_network(genotype, cfg.init_channels, cfg.layers, data.num_classes,
-                                      auxiliary=cfg.auxiliary, image_size=image_size)
-        except ValueError as e:  # e.g. the auxiliary head on an unsupported image size
-            hint = " (--noauxiliary, or --image_size=32)" if cfg.auxiliary else ""
-            raise UserError(f"cannot build the network: {str(e).splitlines()[0]}{hint}") from None
-        trainer = FinalTrainer(net, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
-                               learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min,
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                               auxiliary_weight=cfg.auxiliary_weight if cfg.auxiliary else 0.0,
-                               loss_scale=cfg.mixed_precision)
-        wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
-    # Every network weight, keyed by its position in `net.weights` (the same for
-    # the same flags; Keras' auto-generated layer names are not, in a process that
-    # built other layers first). `network=net` alone would miss most of them:
-    # tf.train.Checkpoint does not see the layers Keras keeps in lists (the cells);
-    # the trainable ones would still come back through the optimizer, but not
-    # the batch-norm statistics.
-    weights = {f"w{i:05d}": w for i, w in enumerate(net.weights)}
-
-    run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume)
-    model_path = os.path.join(run_dir, "model.keras")
-    if not cfg.resume:
-        runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
-    if flags_text is not None:
-        runs.write_flags(run_dir, flags_text)
-    checkpoint = tf.train.Checkpoint(network_weights=weights, optimizer=trainer.optimizer, step=trainer.step,
-                                     wall_time=wall_time)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
-    start_step = 0
-    if cfg.resume:
-        try:
-            checkpoint.restore(tf.train.latest_checkpoint(ckpt_dir)).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise UserError(f"the checkpoint in {ckpt_dir} does not fit this network "
-                            f"({str(e).splitlines()[0][:160]}): resume with the run's own flags "
-                            "(they are re-read from its flags.txt; do not change --init_channels, "
-                            "--layers, --auxiliary or the dataset)") from None
-        start_step = int(trainer.step.numpy())
-        if cfg.verbose:
-            print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})", flush=True)
-    total_steps = steps_per_epoch * cfg.epochs
-    if start_step > total_steps or (start_step == total_steps and os.path.exists(model_path)):
-        raise UserError(f"{run_dir} already finished its {start_step // steps_per_epoch} epochs; "
-                        "raise --epochs to continue it")
-
-    val_data = images.make_eval_dataset(data, cfg.batch_size, val_idx) if len(val_idx) else None
-    epoch_clock = [time.monotonic()]
-    last_logs = {}
-
-    def on_epoch_end(epoch, logs):
-        last_logs.clear()
-        last_logs.update(logs)
-        now = time.monotonic()
-        if cfg.verbose:
-            print(_epoch_line(epoch, cfg.epochs, logs, now - epoch_clock[0]), flush=True)
-        epoch_clock[0] = now
-
-    history_cb = TrainHistory(os.path.join(run_dir, "history.csv"), trainer, resume_step=start_step)
-    callbacks = [WallClock(wall_time), DropPathSchedule(net, cfg.drop_path_prob, cfg.epochs), history_cb,
-                 runs.StepCheckpoint(manager, trainer.step, cfg.checkpoint_every),
-                 runs.EpochSummary(on_epoch_end),
-                 keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
-                                             write_graph=False),
-                 *extra_callbacks]
-
-    segments = runs.fit_segments(start_step, steps_per_epoch, cfg.epochs)
-    try:
-        for first, last, steps in segments:
-            stream = images.make_stream(data, train_idx, cfg.batch_size, cfg.seed, augment=True,
-                                        cutout=cfg.cutout, start_batch=int(trainer.step.numpy()))
-            trainer.fit(stream, epochs=last, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
-                        validation_data=val_data, callbacks=callbacks, verbose=cfg.verbose)
-    finally:
-        history_cb.close()
-
-    # The final validation numbers: the last epoch's, or (nothing left to train) measured.
-    if val_data is not None and "val_accuracy" not in last_logs:
-        measured = trainer.evaluate(val_data, verbose=0, return_dict=True)
-        last_logs.update(val_loss=measured["loss"], val_accuracy=measured["accuracy"])
-
-    tmp = os.path.join(run_dir, ".model.tmp.keras")  # Keras wants the .keras suffix
-    net.save(tmp)
-    os.replace(tmp, model_path)
-
-    def number(key):
-        return float(last_logs[key]) if key in last_logs else None
-
-    # The last epoch's training loss/accuracy from history.csv (the progress bar's
-    # running means cover only the steps of this process after a resume).
-    history = runs.read_history(os.path.join(run_dir, "history.csv"))
-    if history:
-        last_epoch = history["epoch"] == history["epoch"].max()
-        last_logs.update(loss=float(history["loss"][last_epoch].mean()),
-                         accuracy=float(history["accuracy"][last_epoch].mean()))
-
-    summary = {
-        "val_accuracy": number("val_accuracy"), "val_loss": number("val_loss"),
-        "train_loss": number("loss"), "train_accuracy": number("accuracy"),
-        "parameters": count_parameters(net), "parameters_with_auxiliary": count_parameters(net, True),
-        "wall_time_seconds": round(float(wall_time.numpy()), 1),
-        "wall_seconds_this_process": round(time.time() - started, 1),
-        "epochs": cfg.epochs, "steps": int(trainer.step.numpy()), "steps_per_epoch": steps_per_epoch,
-        "dataset": data.name, "data_dir": cfg.data_dir, "num_classes": data.num_classes,
-        "class_names": list(data.class_names), "image_size": image_size,
-        "train_images": len(train_idx), "val_images": len(val_idx),
-        "model": model_path,
-    }
-    runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
-    summary["run_dir"] = run_dir
-    return summary
+    return train_space(cfg).train(cfg, genotype, strategy, flags_text, list(extra_callbacks))

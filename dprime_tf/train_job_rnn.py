@@ -1,6 +1,6 @@
 """Training a final recurrent language model from a genotype (DARTS's rnn/train.py).
 
-Library entry point behind `python -m dprime_tf.train_rnn`.
+The text space's trainer behind `python -m dprime_tf.train` (dprime_tf.train_job).
 
 Recipe (DARTS, SPEC section 7 "PTB"): embedding/hidden 850, batch 64, plain
 SGD lr 20 with the learning rate scaled by seq_len / bptt for every window,
@@ -25,71 +25,26 @@ Run directory:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 
 from dprime_tf.errors import UserError
-from dprime_tf.genotype_rnn import RecurrentGenotype
-from dprime_tf.spaces.rnn import is_text_dataset, language_model_checks
+from dprime_tf.spaces.rnn import language_model_checks
 
 STEP_LOGS = ("loss", "perplexity", "batch_loss", "lr", "seq_len", "grad_norm")
 
 
-@dataclasses.dataclass
-class RNNTrainConfig:
-    genotype: str = "DARTS_V2"  # a published name, a genotype JSON file, or a search run directory
-    dataset: str = "ptb_sample"
-    data_dir: str | None = None
-    output_dir: str = ""
-    resume: bool = False
-    epochs: int = 8000
-    steps_per_epoch: int = 0  # 0: one pass of the training text
-    batch_size: int = 64
-    eval_batch_size: int = 10
-    test_batch_size: int = 1
-    bptt: int = 35
-    max_seq_len_delta: int = 20
-    emsize: int = 850
-    nhid: int = 850
-    dropout: float = 0.75
-    dropouth: float = 0.25
-    dropoutx: float = 0.75
-    dropouti: float = 0.2
-    dropoute: float = 0.1
-    tar_beta: float = 1e-3
-    learning_rate: float = 20.0
-    weight_decay: float = 8e-7
-    grad_clip: float = 0.25
-    seed: int = 1267
-    checkpoint_every: int = 200
-    verbose: int = 1
-
-
-def validate(cfg: RNNTrainConfig) -> RecurrentGenotype:
-    """One-line errors for values training cannot run with; returns the genotype."""
-    checks = [
-        (is_text_dataset(cfg.dataset), f"--dataset={cfg.dataset} is not a text corpus "
-                                       "(use ptb_sample, ptb or textdir:<path>)"),
-        (cfg.epochs >= 1, "--epochs must be >= 1"),
-        (cfg.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0 = a full pass)"),
-        (min(cfg.batch_size, cfg.eval_batch_size, cfg.test_batch_size) >= 1,
-         "--batch_size, --eval_batch_size and --test_batch_size must be >= 1"),
+def rnn_checks(cfg) -> list[tuple[bool, str]]:
+    """(condition, message) checks of the recurrent training settings."""
+    return [
+        (min(cfg.eval_batch_size, cfg.test_batch_size) >= 1, "--eval_batch_size and --test_batch_size must be >= 1"),
         (cfg.bptt >= 2, "--bptt must be >= 2"),
         (cfg.max_seq_len_delta >= 0, "--max_seq_len_delta must be >= 0"),
         *language_model_checks(cfg),
-        (cfg.learning_rate > 0, "--learning_rate must be > 0"),
-        (cfg.weight_decay >= 0, "--weight_decay must be >= 0"),
         (cfg.grad_clip > 0, "--grad_clip must be > 0"),
-        (cfg.checkpoint_every >= 1, "--checkpoint_every must be >= 1"),
-        (bool(cfg.output_dir), "--output_dir is required"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-    return RecurrentGenotype.load(cfg.genotype)
 
 
 def _trainer_class():
@@ -99,18 +54,30 @@ def _trainer_class():
     from dprime_tf.optimizers import CoupledSGD
     from dprime_tf.search_space.rnn import HiddenStates
 
+    SUM = tf.distribute.ReduceOp.SUM
+
     class LanguageModelTrainer(keras.Model):
         """fit() for a recurrent LM: carries the hidden state across windows, NLL + TAR,
-        clip, SGD with the learning rate scaled by seq_len / bptt (DARTS)."""
+        clip, SGD with the learning rate scaled by seq_len / bptt (DARTS).
+
+        Distribution as FinalTrainer's: `train_step` is cross-replica; each replica
+        takes its rows of the global batch (its rows of the hidden state and of the
+        dropout masks), all-reduces its gradients of the global loss once, clips
+        the global gradient and applies it, so N replicas compute what one device
+        computes on the same global batch."""
 
         def __init__(self, model, batch_size, bptt, learning_rate, weight_decay, grad_clip, **kwargs):
             super().__init__(**kwargs)
             self.lm, self.bptt, self.base_lr, self.grad_clip = model, int(bptt), float(learning_rate), float(grad_clip)
             self.states = HiddenStates(self, {"weight": batch_size}, model.nhid)
             self.step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
-                                                name="step")
+                                                name="step", aggregation="only_first_replica")
+            self.window_lr = self.add_weight(shape=(), dtype="float32", trainable=False, name="window_lr",
+                                             initializer=keras.initializers.Constant(self.base_lr),
+                                             aggregation="only_first_replica")
             self.loss_tracker = keras.metrics.Mean(name="loss")
-            optimizer = CoupledSGD(learning_rate, momentum=0.0, l2=weight_decay)
+            optimizer = CoupledSGD(lambda: self.window_lr.value, momentum=0.0, l2=weight_decay,
+                                   gradients_are_reduced=True)
             optimizer.build(model.trainable_weights)
             self.compile(optimizer=optimizer)
             self.built = True
@@ -122,31 +89,48 @@ def _trainer_class():
         def _maybe_symbolic_build(self, iterator=None, data_batch=None):
             return  # built in __init__
 
-        def train_step(self, data):
+        def _replica_step(self, data):
+            ctx = tf.distribute.get_replica_context()
+            replicas = ctx.num_replicas_in_sync
             weights = self.lm.trainable_weights
             h0 = self.states.read("weight", data["reset"], tf.shape(data["x"])[0])
             with tf.GradientTape() as tape:
                 terms, h = self.lm.window_terms(data, h0, True, "weight")
-                loss = terms["loss_sum"] / tf.cast(terms["count"], tf.float32)
-                objective = loss + terms.get("penalty", 0.0)
+                loss = terms["loss_sum"] / (tf.cast(terms["count"], tf.float32) * replicas)  # this replica's share
+                objective = loss + terms.get("penalty", 0.0) / replicas
             self.states.write("weight", h)
-            grads, norm = tf.clip_by_global_norm(tape.gradient(objective, weights), self.grad_clip)
-            seq_len = tf.cast(data["length"][0], tf.float32)
-            lr = self.base_lr * seq_len / self.bptt
-            self.optimizer.learning_rate.assign(lr)
+            grads = ctx.all_reduce(SUM, tape.gradient(objective, weights))
+            grads, norm = tf.clip_by_global_norm(grads, self.grad_clip)
             self.optimizer.apply(grads, weights)
+            return {"loss": loss, "grad_norm": norm / replicas}  # the norm is the same on every replica
+
+        def train_step(self, data):
+            strategy = self.distribute_strategy
+            # Every replica's windows have the global batch's length.
+            length = strategy.experimental_local_results(data["length"])[0][0]
+            seq_len = tf.cast(length, tf.float32)
+            lr = self.base_lr * seq_len / self.bptt
+            self.window_lr.assign(lr)
+            out = {k: strategy.reduce(SUM, v, axis=None)
+                   for k, v in strategy.run(self._replica_step, args=(data,)).items()}
             self.step_counter.assign_add(1)
-            self.loss_tracker.update_state(loss)
+            self.loss_tracker.update_state(out["loss"])
             mean = self.loss_tracker.result()
-            return {"loss": mean, "perplexity": tf.exp(mean), "batch_loss": loss, "lr": lr, "seq_len": seq_len,
-                    "grad_norm": norm}
+            return {"loss": mean, "perplexity": tf.exp(mean), "batch_loss": out["loss"], "lr": lr,
+                    "seq_len": seq_len, "grad_norm": out["grad_norm"]}
+
+        def make_train_function(self, force=False):
+            """One compiled step per call, whose body (train_step) is cross-replica."""
+            if self.train_function is not None and not force:
+                return self.train_function
+            self.train_function = tf.function(lambda iterator: self.train_step(next(iterator)), autograph=False)
+            return self.train_function
 
     return LanguageModelTrainer
 
 
-def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_callbacks=()) -> dict:
+def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra_callbacks=()) -> dict:
     """Trains (or resumes) a recurrent LM; returns a summary dict (also in <run>/summary.json)."""
-    genotype = validate(cfg)
     import keras
     import tensorflow as tf
 
@@ -154,8 +138,12 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     from dprime_tf.data import text
     from dprime_tf.networks.rnn import PerplexityEvaluator, RNNModel, count_parameters
 
+    strategy = strategy or tf.distribute.get_strategy()
     started = time.time()
     corpus = text.load_corpus(cfg.dataset, cfg.data_dir)  # bad data fails before the run directory exists
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise UserError(f"--batch_size ({cfg.batch_size}) must be a multiple of the {replicas} replicas")
     for name, ids, batch in (("training", corpus.train, cfg.batch_size),
                              ("validation", corpus.valid, cfg.eval_batch_size)):
         if len(ids) // batch < 2:
@@ -168,10 +156,14 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     per_pass = text.windows_per_pass(columns, cfg.bptt, "train", cfg.seed, 0, cfg.max_seq_len_delta)
     steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass
 
+    if cfg.deterministic:
+        runs.make_deterministic()
     keras.utils.set_random_seed(cfg.seed)
-    model = RNNModel(corpus.vocab_size, genotype, cfg.emsize, cfg.nhid, cfg.dropout, cfg.dropouth, cfg.dropoutx,
-                     cfg.dropouti, cfg.dropoute, cfg.tar_beta, vocab=corpus.vocab, seed=cfg.seed)
-    trainer = _trainer_class()(model, cfg.batch_size, cfg.bptt, cfg.learning_rate, cfg.weight_decay, cfg.grad_clip)
+    with strategy.scope():
+        model = RNNModel(corpus.vocab_size, genotype, cfg.emsize, cfg.nhid, cfg.dropout, cfg.dropouth, cfg.dropoutx,
+                         cfg.dropouti, cfg.dropoute, cfg.tar_beta, vocab=corpus.vocab, seed=cfg.seed)
+        trainer = _trainer_class()(model, cfg.batch_size, cfg.bptt, cfg.learning_rate, cfg.weight_decay,
+                                   cfg.grad_clip)
     # Every variable by position (weights, the hidden state, the step counter, optimizer state).
     checkpoint = tf.train.Checkpoint(variables=list(trainer.weights), optimizer=list(trainer.optimizer.variables))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
@@ -179,7 +171,8 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     best = {"val_perplexity": None, "epoch": 0}
     start_step = 0
     if cfg.resume:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        runs.restore_latest(checkpoint, manager.directory, "resume with the run's own flags (they are re-read "
+                            "from its flags.txt; do not change --emsize, --nhid or --batch_size)")
         start_step = int(trainer.step_counter.numpy())
         if os.path.exists(best_path):
             with open(best_path) as f:
@@ -196,11 +189,6 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
     validate_ppl = PerplexityEvaluator(model, cfg.eval_batch_size, cfg.bptt)
     model_path = os.path.join(run_dir, "model.keras")
 
-    def save_model():
-        tmp = os.path.join(run_dir, ".model.tmp.keras")  # Keras wants the .keras suffix
-        model.save(tmp)
-        os.replace(tmp, model_path)
-
     def on_epoch_end(epoch, logs):
         val = validate_ppl(corpus.valid)["perplexity"]
         logs["val_perplexity"] = val
@@ -208,7 +196,7 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
         improved = best["val_perplexity"] is None or val < best["val_perplexity"]
         if improved:
             best.update(val_perplexity=val, epoch=epoch + 1)
-            save_model()
+            runs.save_model(model, model_path)
             runs.atomic_write_json(best_path, best)
         if cfg.verbose:
             print(f"epoch {epoch + 1}: train ppl {logs.get('perplexity', float('nan')):.2f} valid ppl {val:.2f}"
@@ -221,15 +209,10 @@ def run_rnn_training(cfg: RNNTrainConfig, flags_text: str | None = None, extra_c
                  runs.EpochSummary(on_epoch_end),
                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
                  *extra_callbacks]
-    segments = runs.fit_segments(start_step, steps_per_epoch, cfg.epochs)
-    try:
-        for first, last, steps in segments:
-            stream = text.make_stream(corpus.train, cfg.batch_size, cfg.bptt, "train", cfg.seed,
-                                      start_batch=int(trainer.step_counter.numpy()), max_delta=cfg.max_seq_len_delta)
-            trainer.fit(stream, epochs=last, initial_epoch=first, steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=cfg.verbose if cfg.verbose in (1, 2) else 0)
-    finally:
-        history_cb.close()
+    runs.fit_run(trainer, lambda step: text.make_stream(corpus.train, cfg.batch_size, cfg.bptt, "train", cfg.seed,
+                                                      start_batch=step, max_delta=cfg.max_seq_len_delta),
+                 trainer.step_counter, start_step, steps_per_epoch, cfg.epochs, callbacks, closing=[history_cb],
+                 verbose=cfg.verbose if cfg.verbose in (1, 2) else 0)
 
     from dprime_tf.networks.rnn import load_model
     best_model = load_model(model_path) if os.path.exists(model_path) else model

@@ -102,5 +102,10 @@ def json_line(obj):
     return json.dumps(obj, default=str)
 
 
+def console_main():
+    """The `dprime-tune` console script: `python -m dprime_tf.tune`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

@@ -75,5 +75,43 @@ def main(steps=3):
     print(json.dumps(out))
 
 
+def train_main(steps=3):
+    """The final language model's training (dprime_tf.train_job_rnn) on 2 replicas vs one device."""
+    from dprime_tf.genotype_rnn import DARTS_V2
+    from dprime_tf.networks.rnn import RNNModel
+    from dprime_tf.train_job_rnn import _trainer_class
+
+    ids = np.random.default_rng(0).integers(0, V, 600).astype(np.int32)
+
+    def make(strategy):
+        with strategy.scope():
+            model = RNNModel(V, DARTS_V2, H, H, 0.3, 0.2, 0.3, 0.2, 0.1, seed=3)
+            trainer = _trainer_class()(model, B, BPTT, 2.0, 5e-7, 0.25)
+        return model, trainer
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    one = tf.distribute.get_strategy()
+    m1, t1 = make(one)
+    m2, t2 = make(mirrored)
+    for a, b in zip(m1.weights, m2.weights):
+        b.assign(a.numpy())
+    out = {"replicas": mirrored.num_replicas_in_sync, "steps": steps}
+    for trainer in (t1, t2):
+        logs = trainer.fit(text.make_stream(ids, B, BPTT, "train", seed=0, max_delta=2), epochs=1,
+                           steps_per_epoch=steps, verbose=0)
+        out.setdefault("loss", []).append(float(logs.history["loss"][-1]))
+    a = [v.numpy() for v in t1.weights + t1.optimizer.variables]
+    b = [v.numpy() for v in t2.weights + t2.optimizer.variables]
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+    out["variables"] = len(a)
+    out["max_diff"] = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+    out["moved"] = float(np.abs(m1.ws[0].numpy() - make(one)[0].ws[0].numpy()).max())
+    out["step"] = [int(t1.step_counter.numpy()), int(t2.step_counter.numpy())]
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    if len(sys.argv) > 1 and sys.argv[1] == "train":
+        train_main()
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -486,9 +486,10 @@ def test_cli_search_then_train_then_evaluate(tmp_path):
     genotype = RecurrentGenotype.load(str(search_dir))
     flags_txt = (search_dir / "flags.txt").read_text()
     assert "--learning_rate=5.0" in flags_txt and "--grad_clip=0.25" in flags_txt and "--emsize=32" in flags_txt
-    proc = cli("dprime_tf.train_rnn", "--flagfile=configs/ptb_train_quick.flags", f"--genotype={search_dir}",
+    # one train command for both spaces: the recurrent genotype (and the text dataset) pick the language model
+    proc = cli("dprime_tf.train", "--flagfile=configs/ptb_train_quick.flags", f"--genotype={search_dir}",
                f"--output_dir={train_dir}", "--epochs=1", "--steps_per_epoch=6", "--emsize=16", "--nhid=16",
-               "--verbose=0")
+               "--verbose=0", "--deterministic")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["genotype"] == genotype.to_dict() and summary["test_perplexity"] < 6022
@@ -497,16 +498,35 @@ def test_cli_search_then_train_then_evaluate(tmp_path):
         lines = f.read().splitlines()
     start = int(len(lines) * text.SAMPLE_SPLIT[0]) + int(len(lines) * text.SAMPLE_SPLIT[1])
     held_out.write_text("\n".join(lines[start:]) + "\n")  # the sample's test lines
-    proc = cli("dprime_tf.evaluate_rnn", f"--model={train_dir}", f"--text_file={held_out}", "--batch_size=1",
+    train_flags = (train_dir / "flags.txt").read_text()  # the recurrent space's defaults, recorded
+    assert "--learning_rate=20.0" in train_flags and "--weight_decay=8e-07" in train_flags
+    proc = cli("dprime_tf.evaluate", f"--model={train_dir}", f"--text_file={held_out}", "--batch_size=1",
                f"--output_json={tmp_path / 'eval.json'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "eval.json").read_text())
     assert "perplexity" in proc.stdout
     assert result["perplexity"] == pytest.approx(summary["test_perplexity"], rel=1e-4)
     assert result["unknown_words"] == 0 and result["tokens"] == summary["test_tokens"]
-    # one-line errors
+    # without --text_file: the run's dataset's test text, the same tokens
+    proc = cli("dprime_tf.evaluate", f"--model={train_dir}", "--batch_size=1", f"--output_json={tmp_path / 'e2.json'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "e2.json").read_text())["perplexity"] == pytest.approx(result["perplexity"], rel=1e-6)
+    # one-line errors, also through the deprecated alias
     proc = cli("dprime_tf.evaluate_rnn", f"--model={train_dir}", "--text_file=/nonexistent.txt")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_language_model_training_on_two_replicas_matches_one_device():
+    """Training a final language model under MirroredStrategy (2 logical CPUs) computes what
+    one device computes on the same global batch: every weight and optimizer slot."""
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "rnn_distributed_equivalence.py"), "train"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["step"] == [3, 3], result
+    assert result["max_diff"] < 1e-5, result
+    assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-5)
 
 
 @pytest.mark.slow

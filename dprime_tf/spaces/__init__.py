@@ -39,6 +39,25 @@ def for_dataset(spec) -> SearchSpace:
     return _SPACES["cnn"]
 
 
+def for_genotype(spec) -> SearchSpace:
+    """The space of a genotype file or run directory (by its JSON keys); the image space
+    for a published name (DARTS_V2 names a cell in both: a text --dataset picks the
+    recurrent one) or anything unreadable (its loader reports the problem)."""
+    import json
+    import os
+    path = os.path.join(spec, "genotype.json") if spec and os.path.isdir(spec) else spec
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = None
+        for space in _SPACES.values():
+            if space.is_genotype(data):
+                return space
+    return _SPACES["cnn"]
+
+
 from dprime_tf.spaces.cnn import CNNSpace  # noqa: E402
 from dprime_tf.spaces.rnn import RNNSpace  # noqa: E402
 

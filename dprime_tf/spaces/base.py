@@ -59,10 +59,24 @@ class SearchSpace(abc.ABC):
     search_defaults: dict = {}
     arch_beta_1: float = 0.5  # alpha Adam's beta_1
 
-    # -- datasets ---------------------------------------------------------------
+    # The values this space gives to training settings left unset (dprime_tf.train_job).
+    train_defaults: dict = {}
+
+    # -- datasets and genotypes ---------------------------------------------------
     @abc.abstractmethod
     def accepts_dataset(self, spec: str) -> bool:
         """Whether a --dataset value names data of this space."""
+
+    def check_dataset(self, spec: str) -> None:
+        """A one-line UserError if `spec` cannot name data of this space (no loading)."""
+
+    @abc.abstractmethod
+    def genotype_class(self):
+        """The genotype class (from_dict / to_dict / load / to_json) of this space."""
+
+    def is_genotype(self, data: dict) -> bool:
+        """Whether parsed genotype JSON belongs to this space."""
+        return isinstance(data, dict) and self.genotype_kinds[0] in data
 
     # -- search -------------------------------------------------------------------
     def resolve_search_config(self, cfg):
@@ -98,6 +112,15 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def draw_genotype(self, plot_dir: str, genotype) -> None:
         """Draws the genotype's cells into plot_dir (cell_<kind>.png)."""
+
+    # -- final networks -------------------------------------------------------------
+    def train_checks(self, cfg) -> list[tuple[bool, str]]:
+        """(condition, one-line message) checks of the training settings only this space has."""
+        return []
+
+    @abc.abstractmethod
+    def train(self, cfg, genotype, strategy, flags_text, extra_callbacks) -> dict:
+        """Trains (or resumes) the final network of `genotype`; returns the run's summary."""
 
     def genotype_lines(self, genotype) -> list[str]:
         """One line per cell of the genotype: `<kind>: op<-input ...`."""

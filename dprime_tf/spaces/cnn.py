@@ -14,8 +14,27 @@ class CNNSpace(SearchSpace):
     metric = "accuracy"
     genotype_kinds = ("normal", "reduce")
 
+    train_defaults = {"dataset": "sample", "epochs": 600, "batch_size": 96, "learning_rate": 0.025,
+                      "weight_decay": 3e-4, "grad_clip": 5.0, "seed": 0}
+
     def accepts_dataset(self, spec) -> bool:
         return True  # the image loader reports unknown names (see spaces.for_dataset)
+
+    def check_dataset(self, spec):
+        from dprime_tf.train_job_cnn import check_dataset_spec
+        check_dataset_spec(spec)
+
+    def genotype_class(self):
+        from dprime_tf.genotype import Genotype
+        return Genotype
+
+    def train_checks(self, cfg):
+        from dprime_tf.train_job_cnn import cnn_checks
+        return cnn_checks(cfg)
+
+    def train(self, cfg, genotype, strategy, flags_text, extra_callbacks):
+        from dprime_tf.train_job_cnn import train_cnn
+        return train_cnn(cfg, genotype, strategy, flags_text, extra_callbacks)
 
     def search_checks(self, cfg):
         return [

@@ -63,8 +63,27 @@ class RNNSpace(SearchSpace):
                        "grad_clip": 0.25, "arch_learning_rate": 3e-3, "arch_weight_decay": 1e-3}
     arch_beta_1 = 0.9  # PyTorch Adam's default, used by DARTS's recurrent architect
 
+    train_defaults = {"dataset": "ptb_sample", "epochs": 8000, "batch_size": 64, "learning_rate": 20.0,
+                      "weight_decay": 8e-7, "grad_clip": 0.25, "seed": 1267}
+
     def accepts_dataset(self, spec) -> bool:
         return is_text_dataset(spec)
+
+    def check_dataset(self, spec):
+        if not is_text_dataset(spec):
+            raise UserError(f"--dataset={spec} is not a text corpus (use ptb_sample, ptb or textdir:<path>)")
+
+    def genotype_class(self):
+        from dprime_tf.genotype_rnn import RecurrentGenotype
+        return RecurrentGenotype
+
+    def train_checks(self, cfg):
+        from dprime_tf.train_job_rnn import rnn_checks
+        return rnn_checks(cfg)
+
+    def train(self, cfg, genotype, strategy, flags_text, extra_callbacks):
+        from dprime_tf.train_job_rnn import train_rnn
+        return train_rnn(cfg, genotype, strategy, flags_text, extra_callbacks)
 
     def resolve_search_config(self, cfg):
         if cfg.learning_rate_min is None:  # constant, as DARTS
