@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make search   set up .venv, then run a small DARTS-PRIME search on the embedded sample
 #   make test     set up .venv, then run the tests (what CI runs)
+#   make test-fast   the unit and golden tests only (no end-to-end runs; ~2 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-.PHONY: setup search train test bench
+.PHONY: setup search train test test-fast test-golden bench
 setup: $(VENV)/.installed
 
 search: $(VENV)/.installed
@@ -22,6 +23,12 @@ search: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests $(ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests $(ARGS)
+
+test-golden: $(VENV)/.installed
+	$(PY) -m pytest -q -m golden tests $(ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m dprime_tf.bench $(ARGS)

@@ -9,7 +9,7 @@ __version__ = "0.3.0"
 
 _PUBLIC = {
     # search
-    "SearchNetwork": "dprime_tf.search_space.cnn",
+    "SearchNetwork": "dprime_tf.spaces.cnn.supernet",
     "BilevelSearch": "dprime_tf.searcher",
     "SearchConfig": "dprime_tf.search_job",
     "run_search": "dprime_tf.search_job",
@@ -25,19 +25,19 @@ _PUBLIC = {
     "weight_portion": "dprime_tf.prime",
     "fisher_trace": "dprime_tf.prime",
     # genotypes
-    "Genotype": "dprime_tf.genotype",
-    "derive_genotype": "dprime_tf.genotype",
-    "DARTS_V1": "dprime_tf.genotype",
-    "DARTS_V2": "dprime_tf.genotype",
+    "Genotype": "dprime_tf.spaces.cnn.genotype",
+    "derive_genotype": "dprime_tf.spaces.cnn.genotype",
+    "DARTS_V1": "dprime_tf.spaces.cnn.genotype",
+    "DARTS_V2": "dprime_tf.spaces.cnn.genotype",
     # final networks
-    "build_cifar_network": "dprime_tf.networks.cnn",
-    "build_imagenet_network": "dprime_tf.networks.cnn",
-    "count_parameters": "dprime_tf.networks.cnn",
+    "build_cifar_network": "dprime_tf.spaces.cnn.network",
+    "build_imagenet_network": "dprime_tf.spaces.cnn.network",
+    "count_parameters": "dprime_tf.spaces.cnn.network",
     # recurrent cells (Penn Treebank)
-    "RecurrentSearchNetwork": "dprime_tf.search_space.rnn",
-    "RecurrentGenotype": "dprime_tf.genotype_rnn",
-    "derive_recurrent_genotype": "dprime_tf.genotype_rnn",
-    "RNNModel": "dprime_tf.networks.rnn",
+    "RecurrentSearchNetwork": "dprime_tf.spaces.rnn.supernet",
+    "RecurrentGenotype": "dprime_tf.spaces.rnn.genotype",
+    "derive_recurrent_genotype": "dprime_tf.spaces.rnn.genotype",
+    "RNNModel": "dprime_tf.spaces.rnn.network",
     "RNNSearchConfig": "dprime_tf.search_job",
     # tuning (keras-tuner)
     "SearchHyperModel": "dprime_tf.tuning",

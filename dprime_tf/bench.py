@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def forward_macs(net) -> int:
     """Multiply-adds of one image's forward pass, counted from the layer shapes."""
-    from dprime_tf.search_space.cnn import CONV_OPS
+    from dprime_tf.spaces.cnn.supernet import CONV_OPS
     size = net.image_size
     macs = 27 * net.stem_channels * size * size
     for cell, (s0, s1) in zip(net.cells, net._cell_shapes):
@@ -62,7 +62,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from dprime_tf.search_space.cnn import SearchNetwork
+    from dprime_tf.spaces.cnn.supernet import SearchNetwork
     from dprime_tf.searcher import BilevelSearch
 
     b, size = FLAGS.batch_size, FLAGS.image_size

@@ -87,7 +87,7 @@ def main(argv):
     import keras
 
     import dprime_tf.networks  # noqa: F401  (registers the network classes for loading)
-    from dprime_tf.networks.rnn import RNNModel
+    from dprime_tf.spaces.rnn.network import RNNModel
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as e:  # Keras raises many kinds for a bad file
@@ -106,7 +106,7 @@ def main(argv):
 def _accuracy(model, trained):
     from dprime_tf import spaces
     from dprime_tf.data import images
-    from dprime_tf.trainer import evaluate_model
+    from dprime_tf.spaces.cnn.trainer import evaluate_model
     if FLAGS.text_file:
         raise UserError("--text_file is for language models; --model is an image classifier")
     dataset = FLAGS.dataset or trained.get("dataset", "sample")
@@ -128,7 +128,7 @@ def _accuracy(model, trained):
 def _perplexity(model, trained):
     from dprime_tf import spaces
     from dprime_tf.data import text
-    from dprime_tf.networks.rnn import PerplexityEvaluator
+    from dprime_tf.spaces.rnn.network import PerplexityEvaluator
     if model.vocab is None:
         raise UserError("--model has no vocabulary in its config (it was not saved by dprime_tf.train)")
     batch_size = FLAGS.batch_size or 10

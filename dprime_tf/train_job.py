@@ -6,7 +6,7 @@ a `TrainConfig`); tests and tuners call `run_training` directly. The space
 comes from --dataset when given, else from the genotype (a recurrent genotype
 trains a language model; a published name such as DARTS_V2 means the image
 space unless --dataset names a text corpus); the space's trainer does the
-rest (dprime_tf.train_job_cnn, dprime_tf.train_job_rnn).
+rest (dprime_tf.spaces.cnn.training, dprime_tf.spaces.rnn.training).
 
 This module imports TensorFlow only inside `run_training`, so the command line
 can reject bad flags, genotypes and paths before TensorFlow's start-up chatter

@@ -10,18 +10,19 @@ import re
 
 import numpy as np
 
-from dprime_tf.search_space.cnn import CONV_OPS, OP, STEPS
-from dprime_tf.search_space.primitives import CNN_PRIMITIVES
+from dprime_tf.spaces.cnn.supernet import CONV_OPS, OP, STEPS
+from dprime_tf.spaces.primitives import CNN_PRIMITIVES
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "reference", "supernet_step.npz")
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "supernet_step.npz")
 
 
 def reference_path():
-    for cand in (os.environ.get("DPRIME_REFERENCE_NPZ", ""), REFERENCE,
-                 os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "reference", "supernet_step.npz")):
-        if cand and os.path.exists(cand):
-            return os.path.abspath(cand)
-    return None
+    """The golden step: the file named by DPRIME_REFERENCE_NPZ when set, else the shipped copy
+    (tests/data/supernet_step.npz, ../shared/data/reference/supernet_step.npz recompressed)."""
+    path = os.environ.get("DPRIME_REFERENCE_NPZ") or SHIPPED
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"golden reference {path} is missing")
+    return os.path.abspath(path)
 
 
 def _edge_to_group(edge):

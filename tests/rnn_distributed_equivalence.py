@@ -22,7 +22,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from dprime_tf.data import text  # noqa: E402
-from dprime_tf.search_space.rnn import RecurrentSearchNetwork  # noqa: E402
+from dprime_tf.spaces.rnn.supernet import RecurrentSearchNetwork  # noqa: E402
 from dprime_tf.searcher import BilevelSearch  # noqa: E402
 
 V, H, B, BPTT = 50, 6, 4, 2
@@ -76,10 +76,10 @@ def main(steps=3):
 
 
 def train_main(steps=3):
-    """The final language model's training (dprime_tf.train_job_rnn) on 2 replicas vs one device."""
-    from dprime_tf.genotype_rnn import DARTS_V2
-    from dprime_tf.networks.rnn import RNNModel
-    from dprime_tf.train_job_rnn import _trainer_class
+    """The final language model's training (dprime_tf.spaces.rnn.training) on 2 replicas vs one device."""
+    from dprime_tf.spaces.rnn.genotype import DARTS_V2
+    from dprime_tf.spaces.rnn.network import RNNModel
+    from dprime_tf.spaces.rnn.training import _trainer_class
 
     ids = np.random.default_rng(0).integers(0, V, 600).astype(np.int32)
 

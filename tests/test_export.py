@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dprime_tf.genotype import Genotype
-from dprime_tf.networks.cnn import build_cifar_network
+from dprime_tf.spaces.cnn.genotype import Genotype
+from dprime_tf.spaces.cnn.network import build_cifar_network
 from export import client, layout
 from export import onnx as onnx_export
 from export import pipeline, saved_model

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from dprime_tf import prime
-from dprime_tf.genotype import DARTS_V1, DARTS_V2, Genotype, GenotypeError, derive_genotype
-from dprime_tf.search_space.primitives import CNN_PRIMITIVES
+from dprime_tf.genotype import GenotypeError
+from dprime_tf.spaces.cnn.genotype import DARTS_V1, DARTS_V2, Genotype, derive_genotype
+from dprime_tf.spaces.primitives import CNN_PRIMITIVES
 
 
 def test_json_round_trip_and_layout():

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dprime_tf.genotype import Genotype
+from dprime_tf.spaces.cnn.genotype import Genotype
 from dprime_tf.networks import build_cifar_network
-from dprime_tf.trainer import FinalTrainer
+from dprime_tf.spaces.cnn.trainer import FinalTrainer
 
 pytestmark = pytest.mark.golden
 
@@ -76,7 +76,7 @@ def _map_sequential(table, prefix, layers, official_names):
 
 
 def _map_module(table, prefix, layer, official_names):
-    from dprime_tf.networks.ops import FactorizedReduce
+    from dprime_tf.spaces.cnn.ops import FactorizedReduce
     if isinstance(layer, FactorizedReduce):
         for name in ("conv_1", "conv_2", "bn"):
             _map_layer(table, f"{prefix}.{name}", getattr(layer, name))

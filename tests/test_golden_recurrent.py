@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dprime_tf.search_space.rnn import RecurrentSearchNetwork
+from dprime_tf.spaces.rnn.supernet import RecurrentSearchNetwork
 from dprime_tf.searcher import BilevelSearch
 
 pytestmark = pytest.mark.golden

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dprime_tf.genotype import DARTS_V2, Genotype
-from dprime_tf.networks import ops
-from dprime_tf.networks.cnn import (NetworkCIFAR, build_cifar_network, build_imagenet_network,
+from dprime_tf.spaces.cnn.genotype import DARTS_V2, Genotype
+from dprime_tf.spaces.cnn import ops
+from dprime_tf.spaces.cnn.network import (NetworkCIFAR, build_cifar_network, build_imagenet_network,
                                     count_parameters)
 
 # Every primitive at stride 1 (normal cell) and at stride 2 (reduction cell
@@ -266,7 +266,7 @@ def test_keras_file_round_trip_gives_identical_outputs(tiny, tmp_path):
 
 
 def test_batch_norm_tracks_unbiased_variance_like_pytorch():
-    from dprime_tf.networks.ops import BatchNorm, batch_norm
+    from dprime_tf.spaces.cnn.ops import BatchNorm, batch_norm
     rng = np.random.default_rng(3)
     x = rng.normal(2.0, 3.0, size=(4, 3, 3, 5)).astype(np.float32)
     bn = batch_norm()

@@ -16,10 +16,10 @@ from dprime_tf import prime, runs
 from dprime_tf.data import text
 from dprime_tf.errors import UserError
 from dprime_tf.genotype import GenotypeError
-from dprime_tf.genotype_rnn import DARTS_V1, DARTS_V2, RecurrentGenotype, derive_recurrent_genotype
-from dprime_tf.networks.rnn import PerplexityEvaluator, RNNModel
-from dprime_tf.search_space.primitives import RNN_PRIMITIVES
-from dprime_tf.search_space.rnn import RecurrentSearchNetwork, edge_index
+from dprime_tf.spaces.rnn.genotype import DARTS_V1, DARTS_V2, RecurrentGenotype, derive_recurrent_genotype
+from dprime_tf.spaces.rnn.network import PerplexityEvaluator, RNNModel
+from dprime_tf.spaces.primitives import RNN_PRIMITIVES
+from dprime_tf.spaces.rnn.supernet import RecurrentSearchNetwork, edge_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -1,4 +1,4 @@
-"""Final-network training (dprime_tf/trainer.py, train_job.py) and the train /
+"""Final-network training (dprime_tf/spaces/cnn/trainer.py, train_job.py) and the train /
 evaluate command lines, on the embedded sample of real CIFAR-10 images."""
 
 import json
@@ -16,7 +16,7 @@ import dprime_tf.networks  # noqa: F401  (registers the network classes for load
 from dprime_tf import runs
 from dprime_tf.data import images
 from dprime_tf.networks import count_parameters
-from dprime_tf.trainer import HISTORY_COLUMNS, DropPathSchedule, FinalTrainer, evaluate_model
+from dprime_tf.spaces.cnn.trainer import HISTORY_COLUMNS, DropPathSchedule, FinalTrainer, evaluate_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.search_space.layers import StatefulLayer, add_batch_norm, torch_default_init
-from dprime_tf.search_space.primitives import CNN_PRIMITIVES, num_edges
+from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, torch_default_init
+from dprime_tf.spaces.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
 MULTIPLIER = 4
@@ -358,7 +358,7 @@ class SearchNetwork(keras.Model):
                 "reduce": tf.nn.softmax(self.alpha_reduce).numpy()}
 
     def genotype(self):
-        from dprime_tf.genotype import derive_genotype
+        from dprime_tf.spaces.cnn.genotype import derive_genotype
         return derive_genotype(self.alpha_normal.numpy(), self.alpha_reduce.numpy())
 
     def discretize_kwargs(self):

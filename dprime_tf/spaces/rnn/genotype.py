@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from dprime_tf.genotype import GenotypeError, GenotypeFiles, genes_from_selection
-from dprime_tf.search_space.primitives import RNN_PRIMITIVES
+from dprime_tf.spaces.primitives import RNN_PRIMITIVES
 
 RNN_STEPS = 8
 

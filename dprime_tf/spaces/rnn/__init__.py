@@ -58,7 +58,7 @@ class RNNSpace(SearchSpace):
     name = "rnn"
     metric = "perplexity"
     genotype_kinds = ("recurrent",)
-    search_flags_module = "dprime_tf.rnn_flags"
+    search_flags_module = "dprime_tf.spaces.rnn.flags"
     search_defaults = {"batch_size": 256, "learning_rate": 20.0, "momentum": 0.0, "weight_decay": 5e-7,
                        "grad_clip": 0.25, "arch_learning_rate": 3e-3, "arch_weight_decay": 1e-3}
     arch_beta_1 = 0.9  # PyTorch Adam's default, used by DARTS's recurrent architect
@@ -74,15 +74,15 @@ class RNNSpace(SearchSpace):
             raise UserError(f"--dataset={spec} is not a text corpus (use ptb_sample, ptb or textdir:<path>)")
 
     def genotype_class(self):
-        from dprime_tf.genotype_rnn import RecurrentGenotype
+        from dprime_tf.spaces.rnn.genotype import RecurrentGenotype
         return RecurrentGenotype
 
     def train_checks(self, cfg):
-        from dprime_tf.train_job_rnn import rnn_checks
+        from dprime_tf.spaces.rnn.training import rnn_checks
         return rnn_checks(cfg)
 
     def train(self, cfg, genotype, strategy, flags_text, extra_callbacks):
-        from dprime_tf.train_job_rnn import train_rnn
+        from dprime_tf.spaces.rnn.training import train_rnn
         return train_rnn(cfg, genotype, strategy, flags_text, extra_callbacks)
 
     def resolve_search_config(self, cfg):
@@ -125,7 +125,7 @@ class RNNSpace(SearchSpace):
             extra=corpus)
 
     def build_supernet(self, cfg, data):
-        from dprime_tf.search_space.rnn import RecurrentSearchNetwork
+        from dprime_tf.spaces.rnn.supernet import RecurrentSearchNetwork
         return RecurrentSearchNetwork(
             data.network_args["vocab_size"], cfg.emsize, cfg.nhid, cfg.dropout, cfg.dropouth, cfg.dropoutx,
             cfg.dropouti, cfg.dropoute, cfg.tar_beta, seed=cfg.seed,

@@ -1,7 +1,7 @@
 """The final recurrent language model from a genotype (DARTS's RNNModel with DARTSCell).
 
 Same embedding, tied decoder, dropouts and highway initial state as the
-search model (`dprime_tf.search_space.rnn.RecurrentLM`); the cell keeps one
+search model (`dprime_tf.spaces.rnn.supernet.RecurrentLM`); the cell keeps one
 (op, predecessor) per node and has no batch norm:
 
     s0 = h + sigmoid(c0) * (tanh(h0) - h)
@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.genotype_rnn import RecurrentGenotype
-from dprime_tf.search_space.rnn import RecurrentLM, activation
+from dprime_tf.spaces.rnn.genotype import RecurrentGenotype
+from dprime_tf.spaces.rnn.supernet import RecurrentLM, activation
 
 
 @keras.saving.register_keras_serializable("dprime_tf")

@@ -15,7 +15,7 @@ normalized too, by the same BN (no affine parameters; its running statistics
 are updated at every use, as the reference's single nn.BatchNorm1d). The
 output (and next hidden state) is the mean of the 8 nodes. alpha has one row
 per edge: 1 + 2 + ... + 8 = 36 rows, 5 columns. The final cell (from a
-genotype, `dprime_tf.networks.rnn`) keeps one (op, predecessor) per node and
+genotype, `dprime_tf.spaces.rnn.network`) keeps one (op, predecessor) per node and
 has no BN.
 
 Dropouts (SPEC section 6; rates are drop probabilities, masks are scaled by
@@ -47,8 +47,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.search_space.layers import BN_EPS, BN_MOMENTUM, add_batch_norm, batch_moments
-from dprime_tf.search_space.primitives import RNN_PRIMITIVES, num_edges
+from dprime_tf.spaces.layers import BN_EPS, BN_MOMENTUM, add_batch_norm, batch_moments
+from dprime_tf.spaces.primitives import RNN_PRIMITIVES, num_edges
 
 STEPS = 8
 INIT_RANGE = 0.04
@@ -395,7 +395,7 @@ class RecurrentSearchNetwork(RecurrentLM):
         return {"recurrent": tf.nn.softmax(self.alpha, axis=-1).numpy()}
 
     def genotype(self):
-        from dprime_tf.genotype_rnn import derive_recurrent_genotype
+        from dprime_tf.spaces.rnn.genotype import derive_recurrent_genotype
         return derive_recurrent_genotype(self.alpha.numpy())
 
     def discretize_kwargs(self):

@@ -19,9 +19,9 @@ import math
 import keras
 import tensorflow as tf
 
-from dprime_tf.genotype import Genotype
-from dprime_tf.networks import ops
-from dprime_tf.search_space.layers import torch_default_init
+from dprime_tf.spaces.cnn.genotype import Genotype
+from dprime_tf.spaces.cnn import ops
+from dprime_tf.spaces.layers import torch_default_init
 
 STEM_MULTIPLIER = 3
 

@@ -21,19 +21,19 @@ class CNNSpace(SearchSpace):
         return True  # the image loader reports unknown names (see spaces.for_dataset)
 
     def check_dataset(self, spec):
-        from dprime_tf.train_job_cnn import check_dataset_spec
+        from dprime_tf.spaces.cnn.training import check_dataset_spec
         check_dataset_spec(spec)
 
     def genotype_class(self):
-        from dprime_tf.genotype import Genotype
+        from dprime_tf.spaces.cnn.genotype import Genotype
         return Genotype
 
     def train_checks(self, cfg):
-        from dprime_tf.train_job_cnn import cnn_checks
+        from dprime_tf.spaces.cnn.training import cnn_checks
         return cnn_checks(cfg)
 
     def train(self, cfg, genotype, strategy, flags_text, extra_callbacks):
-        from dprime_tf.train_job_cnn import train_cnn
+        from dprime_tf.spaces.cnn.training import train_cnn
         return train_cnn(cfg, genotype, strategy, flags_text, extra_callbacks)
 
     def search_checks(self, cfg):
@@ -66,7 +66,7 @@ class CNNSpace(SearchSpace):
                      "weight_images": len(weight_idx), "alpha_images": len(alpha_idx)})
 
     def build_supernet(self, cfg, data):
-        from dprime_tf.search_space.cnn import SearchNetwork
+        from dprime_tf.spaces.cnn.supernet import SearchNetwork
         return SearchNetwork(cfg.init_channels, cfg.layers, data.network_args["num_classes"],
                              image_size=data.network_args["image_size"])
 

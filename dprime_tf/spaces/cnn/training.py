@@ -94,8 +94,8 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
 
     from dprime_tf import runs
     from dprime_tf.data import images
-    from dprime_tf.networks import build_cifar_network, count_parameters
-    from dprime_tf.trainer import DropPathSchedule, FinalTrainer, TrainHistory, WallClock
+    from dprime_tf.spaces.cnn.network import build_cifar_network, count_parameters
+    from dprime_tf.spaces.cnn.trainer import DropPathSchedule, FinalTrainer, TrainHistory, WallClock
 
     strategy = strategy or tf.distribute.get_strategy()
     started = time.time()

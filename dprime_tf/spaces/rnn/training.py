@@ -52,7 +52,7 @@ def _trainer_class():
     import tensorflow as tf
 
     from dprime_tf.optimizers import CoupledSGD
-    from dprime_tf.search_space.rnn import HiddenStates
+    from dprime_tf.spaces.rnn.supernet import HiddenStates
 
     SUM = tf.distribute.ReduceOp.SUM
 
@@ -136,7 +136,7 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
 
     from dprime_tf import plots, runs
     from dprime_tf.data import text
-    from dprime_tf.networks.rnn import PerplexityEvaluator, RNNModel, count_parameters
+    from dprime_tf.spaces.rnn.network import PerplexityEvaluator, RNNModel, count_parameters
 
     strategy = strategy or tf.distribute.get_strategy()
     started = time.time()
@@ -214,7 +214,7 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
                  trainer.step_counter, start_step, steps_per_epoch, cfg.epochs, callbacks, closing=[history_cb],
                  verbose=cfg.verbose if cfg.verbose in (1, 2) else 0)
 
-    from dprime_tf.networks.rnn import load_model
+    from dprime_tf.spaces.rnn.network import load_model
     best_model = load_model(model_path) if os.path.exists(model_path) else model
     summary = {
         "genotype": genotype.to_dict(),

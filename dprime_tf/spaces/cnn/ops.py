@@ -1,6 +1,6 @@
 """The DARTS CNN primitives as plain Keras layers, for final (evaluation) networks.
 
-Unlike the search supernet (dprime_tf.search_space.cnn), every op here is an
+Unlike the search supernet (dprime_tf.spaces.cnn.supernet), every op here is an
 ordinary stack of built-in layers (Conv2D, DepthwiseConv2D, affine
 batch norm, ZeroPadding2D, pooling), so the networks export cleanly
 to SavedModel / ONNX and follow a `keras.mixed_precision` policy. Custom
@@ -24,7 +24,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dprime_tf.search_space.layers import torch_default_init
+from dprime_tf.spaces.layers import torch_default_init
 
 BN_MOMENTUM = 0.9  # Keras convention; PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
