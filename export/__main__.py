@@ -1,6 +1,6 @@
 """Export a trained model for TF Serving (SavedModel) and, optionally, ONNX.
 
-    python -m export --model=runs/cifar --output_dir=exports --name=cifar --version=1 \
+    python -m export --model=runs/cifar --export_base=exports --name=cifar --version=1 \
         [--onnx=exports/cifar-1.onnx] [--overwrite] [--opset=17]
 
 writes exports/cifar/1/ (saved_model.pb, variables/), adds or updates the
@@ -18,9 +18,11 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Trained model: a .keras file, or a training run directory with model.keras.")
-flags.DEFINE_string("output_dir", None, "Base directory of the exports (TF Serving's model base paths' parent).")
-flags.DEFINE_string("name", None, "Model name: the directory under --output_dir and the name clients use.")
-flags.DEFINE_string("version", None, "Version number: the directory <output_dir>/<name>/<version>.")
+flags.DEFINE_string("export_base", None, "Base directory of the exports (TF Serving's model base paths' parent, "
+                    "where models.config is).")
+flags.DEFINE_alias("output_dir", "export_base")  # its name before 0.3 (--output_dir is a run directory elsewhere)
+flags.DEFINE_string("name", None, "Model name: the directory under --export_base and the name clients use.")
+flags.DEFINE_integer("version", None, "Version number: the directory <export_base>/<name>/<version>.")
 flags.DEFINE_string("onnx", None, "Also write an ONNX model to this file.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing version directory / ONNX file.")
 flags.DEFINE_integer("opset", 17, "ONNX opset (13..18).")
@@ -65,7 +67,7 @@ def main(argv):
     from dprime_tf.errors import UserError
 
     no_positional_arguments(argv)
-    missing = [f"--{f}" for f in ("model", "output_dir", "name", "version") if not getattr(FLAGS, f)]
+    missing = [f"--{f}" for f in ("model", "export_base", "name", "version") if getattr(FLAGS, f) is None]
     if missing:
         raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
                         "(see python -m export --helpshort)")
@@ -74,7 +76,7 @@ def main(argv):
     failure = None
     try:
         from .pipeline import export_model
-        export_model(FLAGS.model, FLAGS.output_dir, FLAGS.name, FLAGS.version, onnx_path=FLAGS.onnx,
+        export_model(FLAGS.model, FLAGS.export_base, FLAGS.name, FLAGS.version, onnx_path=FLAGS.onnx,
                      overwrite=FLAGS.overwrite, opset=FLAGS.opset, image_size=FLAGS.image_size,
                      tolerance=FLAGS.tolerance, parity_images=FLAGS.parity_images, seed=FLAGS.seed,
                      fresh_process_check=FLAGS.fresh_process_check, log=lambda s: print(s, flush=True))

@@ -1,7 +1,7 @@
 """A small client for TF Serving's predict APIs (REST and gRPC).
 
-    python -m export.client --server=localhost:8501 --model=cifar [--version=1] image1.jpg image2.png
-    python -m export.client --server=localhost:8500 --model=cifar --grpc image1.jpg
+    python -m export.client --server=localhost:8501 --name=cifar [--version=1] image1.jpg image2.png
+    python -m export.client --server=localhost:8500 --name=cifar --grpc image1.jpg
 
     from export.client import predict
     result = predict("localhost:8501", "cifar", ["cat.jpg"])          # REST
@@ -291,8 +291,8 @@ def main(argv):
     from dprime_tf.cli import import_tensorflow_quietly
     from dprime_tf.errors import UserError
     FLAGS = flags.FLAGS
-    if not FLAGS.model:
-        raise UserError("--model is required: the model name in TF Serving's models.config")
+    if not FLAGS.name:
+        raise UserError("--name is required: the model name in TF Serving's models.config")
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
     labels = None
@@ -305,7 +305,7 @@ def main(argv):
     server = FLAGS.server or ("localhost:8500" if FLAGS.grpc else "localhost:8501")
     import_tensorflow_quietly()  # image files are decoded with TensorFlow: no C++ start-up lines
     try:
-        result = predict(server, FLAGS.model, argv[1:], version=FLAGS.version, grpc=FLAGS.grpc,
+        result = predict(server, FLAGS.name, argv[1:], version=FLAGS.version, grpc=FLAGS.grpc,
                          image_size=FLAGS.image_size, timeout=FLAGS.timeout, rest_format=FLAGS.rest_format)
     except ClientError as e:
         raise UserError(" ".join(str(e).split())) from None
@@ -322,7 +322,8 @@ def _define_flags():
     from absl import flags
     flags.DEFINE_string("server", None, "host:port of TF Serving (default localhost:8501, or localhost:8500 "
                         "with --grpc); http(s):// prefixes are allowed for REST.")
-    flags.DEFINE_string("model", None, "Model name (as in models.config).")
+    flags.DEFINE_string("name", None, "Model name (as in models.config; python -m export's --name).")
+    flags.DEFINE_alias("model", "name")  # its name before 0.3 (--model is a model file elsewhere)
     flags.DEFINE_integer("version", None, "Model version (default: the latest served).")
     flags.DEFINE_bool("grpc", False, "Use the gRPC API instead of REST.")
     flags.DEFINE_integer("image_size", None, "Input size; default: read from the model metadata.")

@@ -44,7 +44,7 @@ def load_keras_model(path: str):
     """Loads a `.keras` file written by `model.save` (dprime_tf layers registered)."""
     import keras
 
-    import dprime_tf.networks.cnn  # noqa: F401  registers the custom layers for deserialization
+    import dprime_tf.spaces.cnn.network  # noqa: F401  registers the custom layers for deserialization
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # keras raises many types for a bad archive or config

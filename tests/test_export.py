@@ -302,7 +302,7 @@ def test_bad_inputs_fail_with_one_line(case, tmp_path, run_dir, exported):
     else:
         model = run_dir
     before = tree(base)
-    proc = run_cli("export", f"--model={model}", f"--output_dir={base}", f"--name={NAME}",
+    proc = run_cli("export", f"--model={model}", f"--export_base={base}", f"--name={NAME}",
                    f"--version={version}", f"--onnx={onnx_path}")
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
@@ -555,7 +555,7 @@ def test_client_cli(rest_server, tmp_path):
     paths, _ = _image_files(tmp_path)
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class{i}" for i in range(10)))
-    proc = run_cli("export.client", f"--server={rest_server}", f"--model={NAME}", f"--labels={labels}",
+    proc = run_cli("export.client", f"--server={rest_server}", f"--name={NAME}", f"--labels={labels}",
                    "--top_k=2", *paths, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
