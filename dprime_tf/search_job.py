@@ -30,13 +30,6 @@ from dprime_tf.progress import ProgressBar
 from dprime_tf.runs import make_deterministic
 from dprime_tf.searcher import STEP_LOGS, BilevelSearch
 
-# The search settings' values when neither the caller nor the space sets them
-# (DARTS's CNN search; a space overrides some in its `search_defaults`).
-CNN_SEARCH_DEFAULTS = {"batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "momentum": 0.9,
-                       "weight_decay": 3e-4, "grad_clip": 5.0, "arch_learning_rate": 3e-4,
-                       "arch_weight_decay": 1e-3}
-
-
 @dataclasses.dataclass
 class SearchConfig:
     """One search's settings. None means "the search space's default" (see

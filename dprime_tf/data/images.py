@@ -95,8 +95,8 @@ def load_images(spec, data_dir=None, image_size=None, split="train", download=Tr
     elif key.startswith("folder:"):
         return _load_folder(text[len("folder:"):], size or (DEFAULT_IMAGE_SIZE,) * 2, split)
     else:
-        raise UserError(f"unknown --dataset={text}: use sample, cifar10, cifar100 or "
-                        "folder:<path> (one sub-folder of images per class)")
+        from dprime_tf.data import unknown_dataset
+        raise UserError(unknown_dataset(text))
     if size is not None and data.image_size != size:
         data = dataclasses.replace(data, images=_resize_batch(data.images, size))
     return data

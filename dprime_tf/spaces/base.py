@@ -23,9 +23,11 @@ import dataclasses
 from typing import Any, Callable
 
 
-# Search settings whose default depends on the space (None in a SearchConfig: the space's value).
-SPACE_DEFAULTED = ("batch_size", "learning_rate", "learning_rate_min", "momentum", "weight_decay", "grad_clip",
-                   "arch_learning_rate", "arch_weight_decay")
+# Search settings whose default depends on the space (None in a SearchConfig: the space's
+# value), and their values where a space gives none (DARTS's CNN search, SPEC section 3).
+SEARCH_DEFAULTS = {"batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "momentum": 0.9,
+                   "weight_decay": 3e-4, "grad_clip": 5.0, "arch_learning_rate": 3e-4, "arch_weight_decay": 1e-3}
+SPACE_DEFAULTED = tuple(SEARCH_DEFAULTS)
 
 
 @dataclasses.dataclass
@@ -81,8 +83,7 @@ class SearchSpace(abc.ABC):
     # -- search -------------------------------------------------------------------
     def resolve_search_config(self, cfg):
         """`cfg` with the settings left unset (None) filled with this space's defaults."""
-        from dprime_tf.search_job import CNN_SEARCH_DEFAULTS
-        values = {**CNN_SEARCH_DEFAULTS, **self.search_defaults}
+        values = {**SEARCH_DEFAULTS, **self.search_defaults}
         return dataclasses.replace(cfg, **{k: v for k, v in values.items() if getattr(cfg, k) is None})
 
     def search_checks(self, cfg) -> list[tuple[bool, str]]:

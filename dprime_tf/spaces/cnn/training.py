@@ -38,8 +38,8 @@ def check_dataset_spec(spec):
         if not os.path.isdir(root):
             raise UserError(f"--dataset=folder:{path}: no such folder {root}")
         return
-    raise UserError(f"unknown --dataset={text}: use sample, cifar10, cifar100 or "
-                    "folder:<path> (one sub-folder of images per class)")
+    from dprime_tf.data import unknown_dataset
+    raise UserError(unknown_dataset(text))
 
 
 def _epoch_line(epoch, epochs, logs, seconds):
