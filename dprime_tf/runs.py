@@ -65,6 +65,15 @@ def make_deterministic():
         pass
 
 
+def read_json(path: str, default=None):
+    """A run file written by atomic_write_json, or `default` ([] when None) if it is absent."""
+    import json
+    if not os.path.exists(path):
+        return [] if default is None else default
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_flags(run_dir: str, flags_text: str) -> None:
     atomic_write(os.path.join(run_dir, "flags.txt"), flags_text)
 

@@ -130,6 +130,8 @@ def main(argv):
     print(f"\nrun directory: {summary['run_dir']}")
     print(f"alpha steps: {summary['alpha_steps']} of {summary['steps']} steps ({summary['alpha_step_rate']:.3f})")
     print("genotype:", __import__("json").dumps(summary["genotype"]))
+    from dprime_tf.decisiveness import advice
+    print(advice(summary["decisiveness"]))
 
 
 def console_main():

@@ -9,8 +9,10 @@ comes from the space (dprime_tf.spaces), picked by the dataset.
 Run directory: flags.txt, history.csv (one row per step), checkpoints/,
 tensorboard/, genotype.json, genotypes/epoch_NNN.json, alphas.npz,
 alpha_history.npz (softmax weights per epoch, one key per cell kind),
-summary.json, plots/ (alphas_<kind>.png, cell_<kind>.png, schedule.png),
-and what the space adds.
+alphas_initial.npz (the mixing weights at initialisation), decisiveness.json
+(per epoch: how far the search, not the initial alphas, decided the genotype;
+dprime_tf.decisiveness), summary.json, plots/ (alphas_<kind>.png,
+cell_<kind>.png, schedule.png), and what the space adds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf import plots, prime, runs, spaces
+from dprime_tf import decisiveness, plots, prime, runs, spaces
 from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
 from dprime_tf.progress import ProgressBar
@@ -190,6 +192,7 @@ class SearchJob:
         with self.strategy.scope():
             self.net = net = space.build_supernet(cfg, data)
             self.search = search = bilevel_search(net, cfg, steps_per_epoch, space.arch_beta_1)
+        initial = self._initial_weights()  # before a resumed run restores its alphas
         manager, start_step = runs.search_checkpoint(search, run_dir, chief, self.worker_dir, cfg.resume,
                                                      cfg.verbose, steps_per_epoch)
         end_epoch = cfg.until_epoch or cfg.epochs
@@ -202,19 +205,24 @@ class SearchJob:
         alpha_hist = dict(np.load(alpha_path)) if (cfg.resume and os.path.exists(alpha_path)) else {}
         last_logs = {}
 
+        measures_path = os.path.join(run_dir, "decisiveness.json")
+        measures = runs.read_json(measures_path) if cfg.resume else []
+
         def on_epoch_end(epoch, logs):
             last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
             genotype = net.genotype()
+            measures[epoch:] = [{"epoch": epoch + 1, **self._decisiveness(initial)}]
             for kind, weights in net.mixing_weights().items():
                 prev = alpha_hist.get(kind, np.zeros((0,) + weights.shape))[:epoch]
                 alpha_hist[kind] = np.concatenate([prev, weights[None]], 0)
             if chief:
+                runs.atomic_write_json(measures_path, measures)
                 runs.atomic_savez(alpha_path, **alpha_hist)
                 runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
                                   genotype.to_json())
                 self._write_plots(alpha_hist, genotype)
             if cfg.verbose:
-                print(self._epoch_line(epoch, logs, genotype), flush=True)
+                print(self._epoch_line(epoch, logs, genotype, measures[-1]), flush=True)
 
         metric = space.metric
         history_cb = runs.StepHistory(os.path.join(run_dir if chief else self.worker_dir, "history.csv"),
@@ -250,6 +258,7 @@ class SearchJob:
             # the supernet on the validation data at the end of the last epoch run (keras-tuner's objective)
             **{k: v for k, v in last_logs.items() if k.startswith("val_")},
             **self.summary_extra,
+            "decisiveness": self._decisiveness(initial),
         }
         if chief:
             runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), **space.alpha_arrays(net))
@@ -259,13 +268,30 @@ class SearchJob:
         summary["run_dir"] = run_dir
         return summary
 
-    def _epoch_line(self, epoch, logs, genotype):
+    def _initial_weights(self) -> dict:
+        """The supernet's mixing weights at initialisation (alphas_initial.npz; a resumed
+        run reads them back)."""
+        path = os.path.join(self.run_dir, "alphas_initial.npz")
+        if self.cfg.resume and os.path.exists(path):
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        weights = self.net.mixing_weights()
+        if self.chief and not self.cfg.resume:
+            runs.atomic_savez(path, **weights)
+        return weights
+
+    def _decisiveness(self, initial) -> dict:
+        none_index = self.net.discretize_kwargs().get("none_index", 0)
+        return decisiveness.decisiveness(self.net.mixing_weights(), initial, none_index)
+
+    def _epoch_line(self, epoch, logs, genotype, measure):
         metric, fmt = self.space.metric, self.space.format_metric
         nan = float("nan")
         val = f" val_{metric} {fmt(logs[f'val_{metric}'])}" if f"val_{metric}" in logs else ""
         cells = "".join(f"\n  {line}" for line in self.space.genotype_lines(genotype))
         return (f"epoch {epoch + 1}: loss {logs.get('loss', nan):.4f} {metric} {fmt(logs.get(metric, nan))}{val} "
-                f"alpha steps {int(self.search.alpha_steps.numpy())}/{int(self.search.search_step.numpy())}{cells}")
+                f"alpha steps {int(self.search.alpha_steps.numpy())}/{int(self.search.search_step.numpy())} "
+                f"margin {measure['margin_ratio']:.1f}x initial ({measure['verdict']}){cells}")
 
     def _write_plots(self, alpha_hist, genotype, history=False):
         pdir = os.path.join(self.run_dir, "plots")

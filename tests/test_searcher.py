@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dprime_tf import runs
+from dprime_tf.decisiveness import decisiveness
 from dprime_tf.search_job import SearchConfig, run_search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,12 +49,21 @@ def test_short_search_lowers_loss_and_moves_alphas(short_search):
 def test_run_directory_contents(short_search):
     out, summary = short_search
     for name in ("flags.txt", "genotype.json", "summary.json", "alphas.npz", "alpha_history.npz",
+                 "alphas_initial.npz", "decisiveness.json",
                  "genotypes/epoch_001.json", "genotypes/epoch_002.json", "plots/alphas_normal.png",
                  "plots/alphas_reduce.png", "plots/schedule.png", "plots/cell_normal.png", "plots/cell_reduce.png"):
         assert (out / name).exists(), name
     assert (out / "plots" / "schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hist = np.load(out / "alpha_history.npz")
     assert hist["normal"].shape == (2, 14, 8)
+    # decisiveness per epoch, the last one recomputed from the files by its definition
+    per_epoch = json.loads((out / "decisiveness.json").read_text())
+    assert [m["epoch"] for m in per_epoch] == [1, 2]
+    with np.load(out / "alphas_initial.npz") as initial:
+        expected = decisiveness({k: hist[k][-1] for k in ("normal", "reduce")},
+                                {k: initial[k] for k in ("normal", "reduce")})
+    assert per_epoch[-1]["margin_ratio"] == pytest.approx(expected["margin_ratio"], rel=1e-4)
+    assert summary["decisiveness"]["verdict"] == per_epoch[-1]["verdict"]
     np.testing.assert_allclose(hist["normal"].sum(-1), 1.0, rtol=1e-5)
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     for col in ("step", "progress", "fi", "fi_ewma", "tau", "alpha_step", "batch_loss", "lr"):
