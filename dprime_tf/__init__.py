@@ -27,6 +27,7 @@ _PUBLIC = {
     # genotypes
     "Genotype": "dprime_tf.spaces.cnn.genotype",
     "derive_genotype": "dprime_tf.spaces.cnn.genotype",
+    "load_genotype": "dprime_tf.genotype",
     "DARTS_V1": "dprime_tf.spaces.cnn.genotype",
     "DARTS_V2": "dprime_tf.spaces.cnn.genotype",
     # final networks

@@ -153,12 +153,3 @@ def module_flags_text(FLAGS, module_name: str, exclude=(), extra=()) -> str:
 def default_run_dir(kind: str) -> str:
     import time
     return os.path.join("runs", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def config_from_flags(FLAGS, config_class, run_kind: str):
-    """`config_class` (a dataclass) filled from the flags of the same names; the output
-    directory defaults to runs/<run_kind>-<timestamp>."""
-    import dataclasses
-    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_class) if f.name in FLAGS}
-    values["output_dir"] = values.get("output_dir") or default_run_dir(run_kind)
-    return config_class(**values)

@@ -72,3 +72,18 @@ def test_derive_uses_softmax_per_edge():
     assert w[0].max() > w[1, 1:].max()
     g = derive_genotype(alpha, alpha)
     assert g.normal[0] == ("sep_conv_3x3", 0)
+
+
+def test_load_genotype_picks_the_space(tmp_path):
+    from dprime_tf import load_genotype
+    from dprime_tf.spaces.rnn.genotype import DARTS_V2 as RECURRENT_V2, RecurrentGenotype
+    assert load_genotype("DARTS_V2") == DARTS_V2  # a published name: the CNN cell ...
+    assert load_genotype("DARTS_V2", dataset="ptb_sample") == RECURRENT_V2  # ... unless the data is text
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "genotype.json").write_text(RECURRENT_V2.to_json())
+    loaded = load_genotype(str(run))  # a recurrent search's run directory
+    assert isinstance(loaded, RecurrentGenotype) and loaded == RECURRENT_V2
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(GenotypeError, match="not valid JSON"):
+        load_genotype(str(tmp_path / "bad.json"))
