@@ -281,8 +281,7 @@ class SearchJob:
         return weights
 
     def _decisiveness(self, initial) -> dict:
-        none_index = self.net.discretize_kwargs().get("none_index", 0)
-        return decisiveness.decisiveness(self.net.mixing_weights(), initial, none_index)
+        return decisiveness.decisiveness(self.net.mixing_weights(), initial, **self.net.discretize_kwargs())
 
     def _epoch_line(self, epoch, logs, genotype, measure):
         metric, fmt = self.space.metric, self.space.format_metric

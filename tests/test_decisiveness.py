@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dprime_tf.decisiveness import advice, decisiveness, op_margins
+from dprime_tf.decisiveness import advice, decisiveness, edge_margins, op_margins
 
 
 def test_margins_exclude_none_and_compare_winner_with_runner_up():
@@ -20,7 +20,8 @@ def test_ratio_changed_share_and_verdicts():
     # initial margins: 0.23, 0.2, 0.06, 0.02 -> median 0.13
     now = {"normal": np.array([[0.0, 0.9, 0.05, 0.05], [0.0, 0.05, 0.9, 0.05]]),
            "reduce": np.array([[0.0, 0.05, 0.05, 0.9], [0.0, 0.05, 0.9, 0.05]])}
-    result = decisiveness(now, init)
+    result = decisiveness(now, init, num_inputs=2, keep=2)  # one node of two inputs: no edge choice
+    assert "edge_margin_ratio" not in result
     assert result["initial_median_margin"] == pytest.approx(0.13)
     assert result["median_margin"] == pytest.approx(0.85)
     assert result["margin_ratio"] == pytest.approx(0.85 / 0.13)
@@ -35,3 +36,20 @@ def test_ratio_changed_share_and_verdicts():
     decided = decisiveness(sharp, near_uniform)
     assert decided["margin_ratio"] == pytest.approx(98.9)
     assert decided["verdict"] == "decided by the search" and "raise" not in advice(decided)
+
+
+def test_edge_margins_follow_the_genotype_rule():
+    # 2 inputs, keep 2: node 0 has edges 0-1 (nothing dropped), node 1 edges 2-4.
+    w = np.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5],
+                  [0.9, 0.1, 0.0],      # strength 0.1 (none excluded)
+                  [0.0, 0.3, 0.7],      # 0.7
+                  [0.0, 0.6, 0.4]])     # 0.6: kept 0.7, 0.6; dropped 0.1
+    np.testing.assert_allclose(edge_margins(w, num_inputs=2, keep=2), [0.5])
+    # recurrent rule (1 input, keep 1): node 0 has one edge, node 1 two
+    r = np.array([[0.0, 1.0], [0.0, 0.2], [0.0, 0.35]])
+    np.testing.assert_allclose(edge_margins(r, num_inputs=1, keep=1), [0.15])
+    # the verdict follows the weaker of the op and the edge ratios
+    init = {"normal": np.array([[0.0, 0.5, 0.5]] * 2 + [[0.0, 0.34, 0.33], [0.0, 0.33, 0.34], [0.0, 0.335, 0.33]])}
+    sharp_ops_tied_edges = {"normal": np.array([[0.0, 0.99, 0.01]] * 5)}
+    result = decisiveness(sharp_ops_tied_edges, init, num_inputs=2, keep=2)
+    assert result["edge_margin_ratio"] == 0.0 and result["verdict"] == "within initialisation noise"
