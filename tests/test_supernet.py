@@ -68,7 +68,8 @@ def test_strided_dilated_depthwise_equals_naive():
 def test_forward_and_weight_step_match_reference(paper_net):
     """Golden step of the official PyTorch code: logits, FI and every weight's update."""
     data = load_reference(paper_net)
-    search = BilevelSearch(paper_net, steps_per_epoch=10, epochs=50, regularizer="none")
+    # lr 0.025 for this step (the golden's); a constant schedule, as the lr is per epoch
+    search = BilevelSearch(paper_net, steps_per_epoch=10, epochs=50, regularizer="none", learning_rate_min=0.025)
     x, y = nhwc(data["x"]), data["y"].astype(np.int32)
     logits = paper_net(x, training=True).numpy()
     np.testing.assert_allclose(logits, data["logits"], atol=1e-5)
@@ -83,10 +84,9 @@ def test_forward_and_weight_step_match_reference(paper_net):
         ref_update, our_update = q - p, now - p
         rel.append(np.abs(our_update - ref_update).max() / np.abs(ref_update).max())
     rel = np.array(rel)
-    # float32 rounding of q - p and of the summation order. The median tensor agrees
-    # to 6e-4 of its update size with oneDNN's kernels off and to 1.6e-3 with them on
-    # (TensorFlow's default) on some CPUs: their convolution backprop is less precise
-    # (measured against the same step in float64 by the official code). None is off by more
-    # than a few percent.
-    assert np.median(rel) < 3e-3, np.median(rel)
+    # float32 rounding on both sides: each float32 step is ~1e-4 of its update size from the
+    # float64 truth (tests/test_golden_float64.py), so the two differ by a few 1e-4 per tensor.
+    # Batch norm's statistics are summed level by level for that (BUILD.md: with TensorFlow's
+    # fused kernel this median was 1.6e-3).
+    assert np.median(rel) < 1e-3, np.median(rel)
     assert np.mean(rel < 0.01) > 0.99 and rel.max() < 0.05, (np.mean(rel < 0.01), rel.max())

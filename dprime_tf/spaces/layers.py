@@ -42,6 +42,76 @@ def batch_moments(x, axes):
     return mean, ss / count, count
 
 
+# Training-mode batch norm of the supernets: level-by-level statistics
+# (`precise_batch_norm`) instead of TensorFlow's fused kernel. See BUILD.md.
+PRECISE_BATCH_NORM = True
+
+
+def set_precise_batch_norm(enabled: bool):
+    """Chooses the supernets' training-mode BN: level-by-level statistics (True,
+    the default) or TensorFlow's fused kernel (False). Takes effect when a step
+    is traced."""
+    global PRECISE_BATCH_NORM
+    PRECISE_BATCH_NORM = bool(enabled)
+
+
+def channel_sum(x):
+    """Per-channel sum of x (..., C) over all leading axes, one axis at a time
+    from the innermost (for NHWC: W, then H, then the batch).
+
+    A float32 sum over B*H*W values in one pass (tf.reduce_sum over several
+    axes, the fused BN kernels) accumulates rounding error along the whole
+    pass; summing level by level keeps each accumulator to one axis' length.
+    """
+    for axis in range(len(x.shape) - 2, -1, -1):
+        x = tf.reduce_sum(x, axis)
+    return x
+
+
+def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
+    """Training-mode BN of x (..., C) over its leading axes, with the batch
+    statistics summed level by level.
+
+    Returns (y, batch mean, biased batch variance, element count). The mean
+    and the variance (two-pass: of x - mean) are summed by `channel_sum`;
+    TensorFlow's fused kernels do the rest, on the centered x: the forward
+    (FusedBatchNormV3 in inference mode at mean 0) and the gradient
+    (FusedBatchNormGradV3: the training-mode gradient at those statistics).
+    """
+    channels = x.shape[-1]
+    leading = x.shape[:-1]
+    if all(d is not None for d in leading):
+        count = tf.constant(float(np.prod(leading)), x.dtype)
+    else:
+        count = tf.cast(tf.size(x) // channels, x.dtype)
+    scale = tf.ones([channels], x.dtype) if scale is None else scale
+    offset = tf.zeros([channels], x.dtype) if offset is None else offset
+    zeros = tf.zeros([channels], x.dtype)
+
+    @tf.custom_gradient
+    def normalize(x, scale, offset):
+        mean = channel_sum(x) / count
+        centered = x - mean
+        var = channel_sum(tf.square(centered)) / count
+        c4 = centered if len(x.shape) == 4 else tf.reshape(centered, [-1, 1, 1, channels])
+        y = tf.raw_ops.FusedBatchNormV3(x=c4, scale=scale, offset=offset, mean=zeros, variance=var,
+                                        epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                                        is_training=False)[0]
+        y = y if c4 is centered else tf.reshape(y, tf.shape(x))
+
+        def grad(dy, _dmean, _dvar):
+            dy4 = dy if len(x.shape) == 4 else tf.reshape(dy, tf.shape(c4))
+            dx, dscale, doffset = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy4, x=c4, scale=scale, reserve_space_1=zeros, reserve_space_2=var,
+                reserve_space_3=tf.zeros([0], x.dtype), epsilon=epsilon, data_format="NHWC",
+                is_training=True)[:3]
+            return (dx if c4 is centered else tf.reshape(dx, tf.shape(x))), dscale, doffset
+        return (y, mean, var), grad
+
+    y, mean, var = normalize(x, scale, offset)
+    return y, tf.stop_gradient(mean), tf.stop_gradient(var), count
+
+
 def add_batch_norm(layer, name, shape, affine=False):
     """Creates BN state on `layer`: running mean/var (and gamma/beta if affine)."""
     stats = {key: _add_running_stat(layer, f"{name}_moving_{key}", shape, init)
@@ -76,8 +146,11 @@ class StatefulLayer(keras.layers.Layer):
         semantics: normalize with the biased batch variance, track the unbiased one
         with momentum 0.1.
 
-        One fused op (forward and gradient) on a single replica; with several
-        replicas the statistics are all-reduced over the global batch.
+        In training the batch statistics are accumulated level by level (see
+        `precise_batch_norm`); TensorFlow's fused kernel sums them in one float32
+        pass and costs the weight step a tenfold loss of accuracy. With several
+        replicas the statistics are all-reduced over the global batch; in
+        inference the fused kernel applies the running statistics.
         """
         mean_var, var_var = stats["mean"].value, stats["var"].value
         ctx = tf.distribute.get_replica_context()
@@ -85,6 +158,8 @@ class StatefulLayer(keras.layers.Layer):
             return StatefulLayer._synced_batch_norm(x, stats)
         channels = int(np.prod(mean_var.shape))
         flat = len(mean_var.shape) == 1
+        if training and PRECISE_BATCH_NORM:
+            return StatefulLayer._precise_batch_norm(x, stats, channels)
         x4 = x if (len(x.shape) == 4 and flat) else tf.reshape(x, [-1, 1, 1, channels])
         scale = (stats["gamma"].value if flat else tf.reshape(stats["gamma"].value, [channels])) \
             if "gamma" in stats else tf.ones([channels], x.dtype)
@@ -100,6 +175,22 @@ class StatefulLayer(keras.layers.Layer):
             mean_var.assign(new_mean if flat else tf.reshape(new_mean, mean_var.shape))
             var_var.assign(new_var if flat else tf.reshape(new_var, var_var.shape))
         return y if x4 is x else tf.reshape(y, tf.shape(x))
+
+    @staticmethod
+    def _precise_batch_norm(x, stats, channels):
+        channel_rank = len(stats["mean"].shape)
+        rank = len(x.shape)
+        xc = x if channel_rank == 1 else tf.reshape(
+            x, tf.concat([tf.shape(x)[:rank - channel_rank], [channels]], 0))
+        affine = "gamma" in stats
+        y, mean, var, count = precise_batch_norm(
+            xc, tf.reshape(stats["gamma"].value, [channels]) if affine else None,
+            tf.reshape(stats["beta"].value, [channels]) if affine else None)
+        unbiased = var * count / tf.maximum(count - 1.0, 1.0)
+        for key, batch in (("mean", mean), ("var", unbiased)):
+            v = stats[key].value
+            v.assign_sub(BN_MOMENTUM * (v - tf.reshape(tf.cast(batch, v.dtype), v.shape)))
+        return y if xc is x else tf.reshape(y, tf.shape(x))
 
     @staticmethod
     def _synced_batch_norm(x, stats):
