@@ -29,6 +29,7 @@ SCRIPTS = {
     "dprime-tune": "dprime_tf.tune",
     "dprime-bench": "dprime_tf.bench",
     "dprime-export": "dprime_tf.export.__main__",
+    "dprime-show": "dprime_tf.show",
 }
 
 # The command each shipped flagfile is written for (a new flagfile needs a line here).
