@@ -130,6 +130,8 @@ def reload_flags_for_resume(FLAGS):
         raise UserError("--resume needs the --output_dir of the run to continue")
     saved = os.path.join(FLAGS.output_dir, "flags.txt")
     if os.path.exists(saved):
+        from dprime_tf.validation import read_config_file
+        read_config_file(saved, "flags file")  # a size cap; not UTF-8: one line
         FLAGS.unparse_flags()
         try:
             FLAGS([sys.argv[0], f"--flagfile={saved}"] + sys.argv[1:])

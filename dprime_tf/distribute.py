@@ -51,6 +51,7 @@ def make_strategy(name: str, cpu_devices: int = 0, worker_timeout: float = 60) -
     if name == "multi_worker":
         # Must exist before any other op ("collective ops must be configured at program startup").
         tf_config = read_tf_config()
+        print(listening_line(tf_config), flush=True)
         _configure_coordination_service(tf_config, worker_timeout)
         joined = _kill_unless_done(10 * worker_timeout,
                                    f"not all workers of TF_CONFIG's cluster {tf_config['cluster']} joined within "
@@ -78,6 +79,8 @@ def make_strategy(name: str, cpu_devices: int = 0, worker_timeout: float = 60) -
 def read_tf_config() -> dict:
     """TF_CONFIG, checked: {"cluster": {job: [host:port, ...]}, "task": {"type": job, "index": i}}."""
     raw = os.environ.get("TF_CONFIG", "")
+    if len(raw) > 1 << 20:
+        raise UserError(f"TF_CONFIG is {len(raw)} characters long: more than 1 MiB is not a cluster description")
     if not raw.strip():
         raise UserError("--strategy=multi_worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
                         "[\"host0:port\", \"host1:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' "
@@ -102,7 +105,21 @@ def read_tf_config() -> dict:
     for job, addresses in cluster.items():
         if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
             raise UserError(f"TF_CONFIG: cluster job '{job}' must be a list of \"host:port\" strings")
+        for address in addresses:
+            port = address.rpartition(":")[2]
+            if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+                raise UserError(f"TF_CONFIG: {address!r} in cluster job '{job}' needs a port number in 1-65535 "
+                                f"after the last ':', got {port!r}")
     return config
+
+
+def listening_line(tf_config: dict) -> str:
+    """The line a multi-worker start prints: the port this task's gRPC server opens."""
+    task = tf_config["task"]
+    address = tf_config["cluster"][task["type"]][task.get("index", 0)]
+    port = address.rpartition(":")[2]
+    return (f"multi-worker: {task['type']} {task.get('index', 0)} listens on port {port} ({address}; TensorFlow's "
+            "gRPC server binds every interface, unauthenticated: keep the cluster on a private network)")
 
 
 def _configure_coordination_service(tf_config: dict, worker_timeout: float) -> None:
@@ -177,7 +194,11 @@ def output_dirs(strategy: tf.distribute.Strategy, output_dir: str, resume: bool)
     from dprime_tf import runs
     chief = is_chief(strategy)
     if chief:
-        yield True, runs.prepare_run_dir(output_dir, resume), None
+        run_dir = runs.prepare_run_dir(output_dir, resume)  # takes the run directory's lock
+        try:
+            yield True, run_dir, None
+        finally:
+            runs.release_run_dir(run_dir)
         return
     run_dir = os.path.abspath(output_dir)
     resolver = strategy.cluster_resolver

@@ -49,8 +49,11 @@ class GenotypeFiles:
             names = ", ".join(sorted(published))
             raise GenotypeError(f"genotype '{spec}' is neither a file, a run directory with genotype.json, "
                                 f"nor a published {cls.what} ({names})")
-        with open(path) as f:
-            text = f.read()
+        from dprime_tf.validation import read_config_file
+        try:
+            text = read_config_file(path, "genotype file")  # a size cap; not UTF-8: one line
+        except errors.UserError as e:
+            raise GenotypeError(str(e)) from None
         try:
             return cls.from_json(text)
         except GenotypeError as e:

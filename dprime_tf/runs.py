@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from dprime_tf.cli import default_run_dir  # noqa: F401  (runs.default_run_dir)
+from dprime_tf import runlock
 from dprime_tf.errors import UserError
 
 
@@ -32,22 +33,72 @@ from dprime_tf.atomic import atomic_write, atomic_write_json, atomic_savez  # no
 
 # -- run directory ----------------------------------------------------------------
 def prepare_run_dir(run_dir: str, resume: bool) -> str:
-    """Creates a fresh run directory, or checks that one can be resumed."""
+    """Creates a fresh run directory, or checks that one can be resumed, and takes its
+    exclusive lock (`runlock`; release with `release_run_dir`): a second process on
+    the same directory gets a one-line error and changes nothing. Under the lock, the
+    temporaries a killed process left are removed; a run that `runlock.plan_resume`
+    restarts (killed before its first checkpoint) is cleared first."""
     run_dir = os.path.abspath(run_dir)
-    has_checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    restart = runlock.restart_planned(run_dir)
     if resume:
-        if not has_checkpoint:
+        if not os.path.isdir(run_dir):
             raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
                             "(pass the --output_dir of an interrupted run, or drop --resume)")
+        runlock.lock_run_dir(run_dir)
+        try:
+            if latest_checkpoint(os.path.join(run_dir, "checkpoints")) is None:
+                raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
+                                "(pass the --output_dir of an interrupted run, or drop --resume)")
+            runlock.remove_stale_temporaries(run_dir)
+        except BaseException:
+            runlock.unlock_run_dir(run_dir)
+            raise
         return run_dir
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"--output_dir {run_dir} is a file, not a directory")
+    if not restart and os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
                         "or choose another --output_dir")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --output_dir {run_dir}: {e.strerror}") from None
+    runlock.lock_run_dir(run_dir)
+    try:
+        if restart:
+            if latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None:
+                raise UserError(f"{run_dir} got a checkpoint while this process started: run --resume again")
+            runlock.clear_for_restart(run_dir)
+            runlock.remove_stale_temporaries(run_dir)
+        elif os.listdir(run_dir):  # another process wrote there between the check and the lock
+            raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
+                            "or choose another --output_dir")
+    except BaseException:
+        runlock.unlock_run_dir(run_dir)
+        raise
     return run_dir
+
+
+def release_run_dir(run_dir: str) -> None:
+    """Releases the lock `prepare_run_dir` took (the OS releases it when the process dies)."""
+    runlock.unlock_run_dir(run_dir)
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """tf.train.latest_checkpoint, with a corrupt index file as a one-line UserError (and
+    without TensorFlow's log line for an index naming a missing checkpoint)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("CRITICAL")
+    try:
+        return tf.train.latest_checkpoint(ckpt_dir)
+    except Exception as e:  # noqa: BLE001  (text_format.ParseError, UnicodeDecodeError, OpError, ...)
+        detail = " ".join(str(e).split())[:120] or type(e).__name__
+        raise UserError(f"the checkpoint index {os.path.join(ckpt_dir, 'checkpoint')} is corrupt ({detail}): "
+                        "fix it (its model_checkpoint_path: \"ckpt-N\" names the newest checkpoint) or start a "
+                        "new --output_dir") from None
+    finally:
+        logger.setLevel(level)
 
 
 def make_deterministic():
@@ -92,27 +143,36 @@ def fit_segments(start_step: int, steps_per_epoch: int, end_epoch: int) -> list[
 
 
 def search_checkpoint(search, run_dir: str, chief: bool, worker_dir: str | None, resume: bool,
-                      verbose: int, steps_per_epoch: int):
+                      verbose: int, steps_per_epoch: int, settings: dict | None = None):
     """(CheckpointManager, start step) of a search, restored from `run_dir` when resuming.
 
     Every variable is saved by position (weights, alphas, BN statistics, hidden
     states, schedule state, both optimizers): tf.train's object graph does not
     see the layers Keras keeps in lists (the cells). Saving is a collective under
     multi-worker strategies (on-read variables are all-reduced): every worker
-    saves, non-chiefs into their scratch directory."""
-    checkpoint = tf.train.Checkpoint(search_variables=list(search.weights),
-                                     weight_optimizer=list(search.weight_optimizer.variables),
-                                     alpha_optimizer=list(search.alpha_optimizer.variables))
+    saves, non-chiefs into their scratch directory. `settings` (the flags that fix
+    the network, the data and the streams) and the variables' names and shapes are
+    recorded in <run>/run.json and checked before a resumed run restores anything."""
+    variables = [list(search.weights), list(search.weight_optimizer.variables),
+                 list(search.alpha_optimizer.variables)]
+    checkpoint = tf.train.Checkpoint(search_variables=variables[0], weight_optimizer=variables[1],
+                                     alpha_optimizer=variables[2])
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir if chief else os.path.join(worker_dir, "checkpoints"),
                                          max_to_keep=2)
+    described = runlock.describe_variables([v for group in variables for v in group])
     if not resume:
+        if chief:
+            runlock.write_run_record(run_dir, "search", settings or {}, described)
         return manager, 0
-    latest = tf.train.latest_checkpoint(ckpt_dir)
+    latest = latest_checkpoint(ckpt_dir)
     if latest is None:  # only a non-chief gets here (the chief checked in prepare_run_dir)
         raise UserError(f"--resume: this worker sees no checkpoint in {ckpt_dir}: every worker must read the "
                         "chief's run directory (put --output_dir on a filesystem all hosts share)")
+    record = runlock.check_run_record(run_dir, "search", settings or {}, described)
     restore_latest(checkpoint, ckpt_dir, "resume with the run's own flags (they are re-read from its flags.txt)")
+    if chief:
+        runlock.write_run_record(run_dir, "search", settings or {}, described, previous=record or {"kind": "search"})
     start_step = int(search.search_step.numpy())
     if verbose:
         print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})")
@@ -122,7 +182,7 @@ def search_checkpoint(search, run_dir: str, chief: bool, worker_dir: str | None,
 def restore_latest(checkpoint: tf.train.Checkpoint, ckpt_dir: str, hint: str = "") -> None:
     """Restores the newest checkpoint in `ckpt_dir` into `checkpoint`, every variable
     required; a missing, corrupt or mismatching checkpoint is a one-line UserError."""
-    latest = tf.train.latest_checkpoint(ckpt_dir)
+    latest = latest_checkpoint(ckpt_dir)
     if latest is None:
         raise UserError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
     try:
@@ -130,6 +190,23 @@ def restore_latest(checkpoint: tf.train.Checkpoint, ckpt_dir: str, hint: str = "
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise UserError(f"the checkpoint {latest} does not fit this run ({str(e).strip().splitlines()[0][:160]})"
                         f"{': ' + hint if hint else ''}") from None
+
+
+def resume_record(run_dir: str, kind: str, settings: dict, variables, resume: bool) -> dict | None:
+    """A training run's run.json: checked before a resumed run restores (one-line errors),
+    written by a fresh one. Returns the record to update after the restore (`note_resumed`)."""
+    described = runlock.describe_variables(variables)
+    if not resume:
+        runlock.write_run_record(run_dir, kind, settings, described)
+        return None
+    return runlock.check_run_record(run_dir, kind, settings, described) or {"kind": kind}, described
+
+
+def note_resumed(run_dir: str, kind: str, settings: dict, checked) -> None:
+    """After a successful restore: run.json records the versions that resumed the run."""
+    if checked:
+        record, described = checked
+        runlock.write_run_record(run_dir, kind, settings, described, previous=record)
 
 
 def fit_run(model, stream_at, step_variable, start_step: int, steps_per_epoch: int, end_epoch: int,
@@ -151,9 +228,13 @@ def fit_run(model, stream_at, step_variable, start_step: int, steps_per_epoch: i
 
 def save_model(model, path: str) -> None:
     """model.save(path) through a temporary file and a rename: never a half-written model."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.keras")
+    from dprime_tf.atomic import _fsync
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(parent, "." + os.path.basename(path) + ".tmp.keras")
     model.save(tmp)  # Keras wants the .keras suffix
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(parent)
 
 
 class StepHistory(keras.callbacks.Callback):
@@ -162,11 +243,17 @@ class StepHistory(keras.callbacks.Callback):
     On resume from step S the rows of steps >= S (written after the last
     checkpoint by the interrupted process) are dropped first, so the file stays
     one continuous sequence of steps.
+
+    A non-finite value is written as `nan` / `inf` / `-inf`; a cell is empty only
+    where the value does not apply: `blank_unless` maps a column to the log that
+    says whether it applies (batch_alpha_loss applies only when alpha_step is 1).
     """
 
-    def __init__(self, path: str, columns, step_variable, resume_step: int = 0, flush_every: int = 1):
+    def __init__(self, path: str, columns, step_variable, resume_step: int = 0, flush_every: int = 1,
+                 blank_unless: dict | None = None):
         super().__init__()
         self.path, self.columns = path, ["step", *columns]
+        self.blank_unless = dict(blank_unless or {})
         self.step_variable = step_variable
         self.flush_every = flush_every
         self._rows = 0
@@ -189,7 +276,8 @@ class StepHistory(keras.callbacks.Callback):
         row = {"step": step}
         for name in self.columns[1:]:
             value = logs.get(name)
-            row[name] = "" if value is None else _fmt(value)
+            applies = name not in self.blank_unless or float(logs.get(self.blank_unless[name], 0.0)) != 0.0
+            row[name] = "" if value is None or not applies else _fmt(value)
         self._writer.writerow(row)
         self._rows += 1
         if self._rows % self.flush_every == 0:
@@ -205,8 +293,8 @@ class StepHistory(keras.callbacks.Callback):
 
 def _fmt(value) -> str:
     value = float(value)
-    if math.isnan(value):
-        return ""
+    if not math.isfinite(value):
+        return str(value)  # nan, inf, -inf: explicit, so a diverged step is visible
     return f"{value:.8g}"
 
 
@@ -230,10 +318,15 @@ class StepCheckpoint(keras.callbacks.Callback):
     points at a scratch directory that is emptied after each save.
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, step_variable, every: int, is_chief: bool = True):
+    def __init__(self, manager: tf.train.CheckpointManager, step_variable, every: int, is_chief: bool = True,
+                 steps_per_epoch: int | None = None):
         super().__init__()
         self.manager, self.step_variable, self.every = manager, step_variable, max(int(every), 1)
         self.is_chief = is_chief
+        # With steps_per_epoch, the last step of an epoch is saved at the epoch's end only:
+        # put this callback after the ones writing the epoch's files, and a kill never
+        # leaves a checkpoint of an epoch's end without that epoch's files.
+        self.steps_per_epoch = steps_per_epoch
         self._last = None
 
     def _save(self):
@@ -245,7 +338,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             self._last = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.step_variable.numpy()) % self.every == 0:
+        step = int(self.step_variable.numpy())
+        if step % self.every == 0 and not (self.steps_per_epoch and step % self.steps_per_epoch == 0):
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

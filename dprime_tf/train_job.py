@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from dprime_tf import spaces
+from dprime_tf import runlock, spaces, validation
 from dprime_tf.errors import UserError
 
 # Training settings whose default depends on the space (None in a TrainConfig).
@@ -104,6 +104,7 @@ def validate(cfg: TrainConfig):
     cfg = resolve(cfg)
     space = train_space(cfg)
     checks = [
+        *validation.finite_checks(cfg),  # first: inf and nan pass range checks otherwise
         (bool(cfg.output_dir), "--output_dir is required"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0 (0 = one pass), got {cfg.steps_per_epoch}"),
@@ -113,6 +114,7 @@ def validate(cfg: TrainConfig):
         (cfg.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {cfg.checkpoint_every}"),
         (cfg.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {cfg.verbose}"),
         *space.train_checks(cfg),
+        *validation.train_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
@@ -120,11 +122,18 @@ def validate(cfg: TrainConfig):
     space.check_dataset(cfg.dataset)
     genotypes = space.genotype_class()
     run_dir = os.path.abspath(cfg.output_dir)
+    copy = os.path.join(run_dir, "genotype.json")
+    if cfg.resume and not runlock.has_checkpoint_index(run_dir) and runlock.looks_like_run(run_dir):
+        # killed before its first checkpoint: run_training starts it over (runlock.plan_resume)
+        genotype = genotypes.load(copy if os.path.isfile(copy) else cfg.genotype)
+        if cfg.genotype and genotypes.load(cfg.genotype) != genotype:
+            raise UserError(f"--genotype={cfg.genotype} differs from the genotype the run trains ({copy}); "
+                            "drop --genotype to resume, or start a new --output_dir")
+        return genotype
     if cfg.resume:
-        if not os.path.isfile(os.path.join(run_dir, "checkpoints", "checkpoint")):
+        if not runlock.has_checkpoint_index(run_dir):
             raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
                             "(pass the --output_dir of an interrupted run, or drop --resume)")
-        copy = os.path.join(run_dir, "genotype.json")
         if not os.path.isfile(copy):
             raise UserError(f"--resume: {copy} is missing; the run directory is incomplete")
         genotype = genotypes.load(copy)
@@ -132,7 +141,7 @@ def validate(cfg: TrainConfig):
             raise UserError(f"--genotype={cfg.genotype} differs from the genotype the run trains ({copy}); "
                             "drop --genotype to resume, or start a new --output_dir")
         return genotype
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not runlock.restart_planned(run_dir):
         raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
                         "or choose another --output_dir")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -147,4 +156,12 @@ def run_training(cfg: TrainConfig, strategy=None, flags_text: str | None = None,
     """Trains (or resumes) a final network; returns the summary (also <run>/summary.json)."""
     cfg = resolve(cfg)
     genotype = validate(cfg)
-    return train_space(cfg).train(cfg, genotype, strategy, flags_text, list(extra_callbacks))
+    if strategy is not None:
+        validation.check_replicas(cfg.batch_size, strategy.num_replicas_in_sync)
+    cfg = dataclasses.replace(cfg, resume=runlock.plan_resume(cfg.output_dir, cfg.resume, cfg.verbose))
+    held = runlock.is_locked_here(cfg.output_dir)
+    try:
+        return train_space(cfg).train(cfg, genotype, strategy, flags_text, list(extra_callbacks))
+    finally:
+        if not held:  # the lock the trainer's prepare_run_dir took
+            runlock.unlock_run_dir(cfg.output_dir)

@@ -9,7 +9,8 @@ that each trial runs; --tune picks the hyperparameters keras-tuner varies
 (ranges in dprime_tf/tuning.py: SPACE). Results: <tune_dir>/<project>/
 (keras-tuner's oracle.json, one trial_<id>/ per trial with trial.json and the
 trial's search run directory), <tune_dir>/best.flags (a flagfile for
-dprime_tf.search) and <tune_dir>/best.json. Rerunning the same command
+dprime_tf.search), <tune_dir>/best.json, and the trials as a table and a plot
+(<tune_dir>/trials.csv, plots/trials.png, report.html). Rerunning the same command
 resumes: finished trials are kept, an interrupted one resumes from its last
 checkpoint. --overwrite starts over.
 
@@ -75,6 +76,7 @@ def main(argv):
                                 hyperband_iterations=FLAGS.hyperband_iterations,
                                 max_retries_per_trial=FLAGS.max_retries_per_trial)
     role = os.environ.get("KERASTUNER_TUNER_ID", "")
+    tuning.oracle_address(os.environ, role)  # 127.0.0.1 unless KERASTUNER_ORACLE_IP gives one; prints the port
     distributed = "KERASTUNER_ORACLE_IP" in os.environ
     chief = not distributed or "chief" in role
     started = time.time()
@@ -91,6 +93,8 @@ def main(argv):
         return  # the chief writes the results
     report = tuning.write_best_flags(tuner, FLAGS.best_flags or os.path.join(tune_dir, "best.flags"))
     runs.atomic_write_json(os.path.join(tune_dir, "best.json"), report)
+    from dprime_tf import tuning_report  # trials.csv, plots/trials.png, report.html
+    print(tuning_report.write(tune_dir, tuner.project_dir, report, hypermodel.objective.direction))
     print(f"best trial {report['trial_id']}: {report['objective']} {report['score']:.4f} "
           f"{json_line(report['hyperparameters'])}")
     print(f"best flags: {report['flagfile']}")

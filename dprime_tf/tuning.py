@@ -181,7 +181,7 @@ class SearchTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
 
 def _has_checkpoint(run_dir):
-    return tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    return runs.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
 
 
 def make_oracle(name: str, objective: keras_tuner.Objective, *, max_trials: int, max_epochs: int,
@@ -219,6 +219,44 @@ def flags_text(cfg: SearchConfig, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def oracle_address(environ, role: str) -> str | None:
+    """keras-tuner's distributed mode: the oracle's address. With KERASTUNER_ORACLE_PORT but
+    no KERASTUNER_ORACLE_IP, the chief binds (and the workers dial) 127.0.0.1: the oracle
+    speaks plaintext gRPC without authentication, so it leaves this host only when an
+    address is given. The chief prints one line naming what it listens on."""
+    port = environ.get("KERASTUNER_ORACLE_PORT")
+    if port is None:
+        return None
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UserError(f"KERASTUNER_ORACLE_PORT must be a port number in 1-65535, got {port!r}")
+    if not environ.get("KERASTUNER_ORACLE_IP"):
+        environ["KERASTUNER_ORACLE_IP"] = "127.0.0.1"
+    address = f"{environ['KERASTUNER_ORACLE_IP']}:{port}"
+    if "chief" in role:
+        print(f"keras-tuner oracle listens on {address} (plaintext gRPC, unauthenticated: keep it on a private "
+              "network)", flush=True)
+    return address
+
+
+def check_tuned(values: dict, space: dict) -> None:
+    """The tuned values (from keras-tuner's oracle, possibly another process) inside the search
+    space's ranges and choices: best.flags never carries a value the space does not allow."""
+    for name, value in values.items():
+        dim = space.get(name)
+        if dim is None:
+            raise UserError(f"best trial: {name}={value!r} is not a tunable hyperparameter")
+        if dim.kind == "choice":
+            ok = value in dim.values
+        else:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and dim.low * (1 - 1e-9) <= value <= dim.high * (1 + 1e-9)
+                  and (dim.kind != "int" or float(value).is_integer()))
+        if not ok:
+            raise UserError(f"best trial: {name}={value!r} is outside the search space "
+                            f"({list(dim.values) if dim.kind == 'choice' else [dim.low, dim.high]}); "
+                            "best.flags not written")
+
+
 def write_best_flags(tuner: SearchTuner, path: str) -> dict:
     """The best trial's settings as a flagfile for dprime_tf.search; returns a short report."""
     best = tuner.oracle.get_best_trials(1)
@@ -227,6 +265,9 @@ def write_best_flags(tuner: SearchTuner, path: str) -> dict:
     trial = best[0]
     cfg = tuner.hypermodel.build(trial.hyperparameters.copy())
     tuned = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+    check_tuned(tuned, tuner.hypermodel.space)
+    from dprime_tf.search_job import validate
+    validate(cfg)  # the settings as a whole, as `python -m dprime_tf.search --flagfile=<best.flags>` will
     header = (f"Best of {len(tuner.oracle.trials)} keras-tuner trials ({tuner.project_dir}):\n"
               f"trial {trial.trial_id}, {tuner.hypermodel.objective.name} {trial.score:.4f} "
               "(supernet, alpha split, last epoch).\n"

@@ -152,9 +152,20 @@ def _prediction(outputs) -> Prediction:
     missing = [k for k in ("classes", "probabilities", "logits") if k not in outputs]
     if missing:
         raise ClientError(f"the response lacks {', '.join(missing)} (is this a dprime-tf export?)")
-    return Prediction(classes=np.asarray(outputs["classes"], dtype=np.int64).reshape(-1),
-                      probabilities=np.asarray(outputs["probabilities"], dtype=np.float32),
-                      logits=np.asarray(outputs["logits"], dtype=np.float32))
+    try:
+        prediction = Prediction(classes=np.asarray(outputs["classes"], dtype=np.int64).reshape(-1),
+                                probabilities=np.asarray(outputs["probabilities"], dtype=np.float32),
+                                logits=np.asarray(outputs["logits"], dtype=np.float32))
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, strings, nested objects
+        detail = " ".join(str(e).split(". ")[0].split())[:120]
+        raise ClientError(f"the server's response has malformed outputs ({detail}): "
+                          "expected classes [N], probabilities and logits [N, classes]") from None
+    n = len(prediction.classes)
+    if (prediction.probabilities.ndim != 2 or prediction.logits.shape != prediction.probabilities.shape
+            or len(prediction.probabilities) != n):
+        raise ClientError(f"the server's response has mismatched outputs (classes {n}, probabilities "
+                          f"{list(prediction.probabilities.shape)}, logits {list(prediction.logits.shape)})")
+    return prediction
 
 
 def _http(url, body=None, timeout=DEFAULT_TIMEOUT) -> dict:

@@ -156,7 +156,9 @@ def read_models_config(path: str) -> str | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
+        if os.path.getsize(path) > 1 << 20:
+            raise ExportError(f"{path} is larger than 1 MiB: not a models.config; fix the file or move it away")
+        with open(path, encoding="utf-8") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ExportError(f"cannot read {path}: {_one_line(e)}") from None

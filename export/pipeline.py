@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from dprime_tf.atomic import Staging
+from dprime_tf.runlock import DirLock
 
 from . import layout
 from .layout import ExportError
@@ -80,13 +81,14 @@ def random_images(n=DEFAULT_PARITY_IMAGES, image_size=(32, 32), seed=0) -> np.nd
 
 
 def check_parity(model, saved_model_run, onnx_run, images, tolerance=DEFAULT_TOLERANCE, seed=0) -> tuple:
-    """Keras (on the normalized batch) vs SavedModel and onnxruntime (on uint8).
+    """Keras (on the batch normalized with the model's statistics) vs SavedModel and
+    onnxruntime (on uint8).
 
     Returns (Parity, saved model outputs); raises nothing (see Parity.ok).
     """
     from .saved_model import normalize
 
-    keras_logits = np.asarray(model(normalize(images), training=False), dtype=np.float32)
+    keras_logits = np.asarray(model(normalize(images, model), training=False), dtype=np.float32)
     keras_classes = np.argmax(keras_logits, axis=-1)
     sm = saved_model_run(images)
     parity = Parity(len(images), seed, tolerance,
@@ -144,6 +146,9 @@ def export_model(model, output_dir, name, version, onnx_path=None, overwrite=Fal
             raise ExportError(f"{model_path} does not record its input size; pass --image_size")
         image_size = model_size
     log(f"model: {model_path} ({image_size[0]}x{image_size[1]} RGB input)")
+    mean, std = saved_model.model_statistics(keras_model)
+    log("preprocessing in the graph: (pixels/255 - mean) / std, mean "
+        f"{', '.join(f'{v:.4f}' for v in mean)}, std {', '.join(f'{v:.4f}' for v in std)}")
 
     with Staging() as stage:
         # 3. Temporaries next to the destinations.
@@ -184,11 +189,15 @@ def export_model(model, output_dir, name, version, onnx_path=None, overwrite=Fal
                 f"{fresh['max_abs_diff']:.3g} vs in-process")
             fresh = {k: v for k, v in fresh.items() if k != "outputs"}
 
-        # 5. Commit: ONNX, the version directory, then models.config pointing at it.
-        staged_config = stage.temp_file(config_path)
-        with open(staged_config, "w") as f:
-            f.write(config_text)
-        stage.commit()
+        # 5. Commit: ONNX, the version directory, then models.config pointing at it. Under the
+        # export base directory's lock, with models.config read again: concurrent exports into
+        # one base each add their entry, none is lost.
+        with DirLock(os.path.dirname(config_path), "export base directory"):
+            config_path, config_text, config_old = layout.plan_models_config(output_dir, name)
+            staged_config = stage.temp_file(config_path)
+            with open(staged_config, "w") as f:
+                f.write(config_text)
+            stage.commit()
 
     log(f"wrote {destination}")
     if onnx_path:

@@ -7,8 +7,10 @@ The SavedModel holds one `tf.function` with a fixed input signature:
            probabilities: float32 [batch, classes]   (softmax of logits)
            classes: int64 [batch]                     (argmax of logits)
 
-Preprocessing (cast, /255, CIFAR mean/std from `dprime_tf.data.images`)
-is inside the graph, so clients send raw pixels. The network runs in
+Preprocessing (cast, /255, minus mean, over std, with the per-channel
+statistics the network records in its config, `input_mean`/`input_std`;
+CIFAR-10's for a model that records none) is inside the graph, so clients
+send raw pixels. The network runs in
 inference mode (`training=False`: no auxiliary head, no drop-path, BN with
 its moving statistics), and only the variables that graph reads are saved
 (the auxiliary head's weights are left out). Nothing in the SavedModel
@@ -71,10 +73,18 @@ def model_image_size(model) -> tuple[int, int] | None:
     return int(shape[1]), int(shape[2])
 
 
-def normalize(images):
-    """The data pipeline's preprocessing: uint8 -> (x/255 - MEAN) / STD."""
+def model_statistics(model) -> tuple[tuple, tuple]:
+    """(mean, std) the model was trained with: its config's input_mean/input_std,
+    else (a model saved before they were recorded) CIFAR-10's."""
+    from dprime_tf.data.images import model_statistics as statistics
+    return statistics(model)
+
+
+def normalize(images, model=None):
+    """The data pipeline's preprocessing: uint8 -> (x/255 - mean) / std, with
+    `model`'s statistics (model_statistics; CIFAR-10's if model is None)."""
     from dprime_tf.data.images import normalize as data_normalize
-    return data_normalize(images)
+    return data_normalize(images, *model_statistics(model))
 
 
 def serving_function(model, image_size):
@@ -84,7 +94,7 @@ def serving_function(model, image_size):
 
     @tf.function(input_signature=[spec])
     def serve(images):
-        logits = model(normalize(images), training=False)
+        logits = model(normalize(images, model), training=False)
         if isinstance(logits, (list, tuple)) or logits.shape.rank != 2:
             raise ExportError("the model must return one logits tensor (batch, classes) in inference mode, "
                               f"got {logits!r}")

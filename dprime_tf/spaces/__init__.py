@@ -46,7 +46,7 @@ def for_genotype(spec) -> SearchSpace:
     import json
     import os
     path = os.path.join(spec, "genotype.json") if spec and os.path.isdir(spec) else spec
-    if path and os.path.isfile(path):
+    if path and os.path.isfile(path) and os.path.getsize(path) <= 1 << 20:  # larger: its loader says so
         try:
             with open(path) as f:
                 data = json.load(f)
