@@ -104,6 +104,8 @@ def main(argv):
 
 
 def _accuracy(model, trained):
+    import dataclasses
+
     from dprime_tf import spaces
     from dprime_tf.data import images
     from dprime_tf.spaces.cnn.trainer import evaluate_model
@@ -118,8 +120,12 @@ def _accuracy(model, trained):
     num_classes = getattr(model, "num_classes", None)
     if num_classes is not None and num_classes != data.num_classes:
         raise UserError(f"the model has {num_classes} classes but --dataset={dataset} has {data.num_classes}")
+    # Normalized as in training: with the statistics the model records (CIFAR-10's if none).
+    mean, std = images.model_statistics(model)
+    data = dataclasses.replace(data, mean=mean, std=std)
     result = evaluate_model(model, images.make_eval_dataset(data, FLAGS.batch_size or 256))
-    result.update(dataset=data.name, split=FLAGS.subset, image_size=int(data.images.shape[1]))
+    result.update(dataset=data.name, split=FLAGS.subset, image_size=int(data.images.shape[1]),
+                  normalization={"mean": list(data.mean), "std": list(data.std)})
     print(f"{data.name} {FLAGS.subset} ({result['examples']} images): top-1 accuracy {result['accuracy']:.4f} "
           f"({result['correct']}/{result['examples']}), loss {result['loss']:.4f}")
     return result

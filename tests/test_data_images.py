@@ -267,6 +267,9 @@ def test_cifar_loads_through_tfds_when_prepared(tmp_path, monkeypatch, offline):
     assert data.labels.dtype == np.int32 and data.labels.max() < 10
     assert data.num_classes == len(data.class_names) == 10 and data.name == "cifar10"
     assert small.images.shape == (12, 16, 16, 3) and small.num_classes == 100
+    assert data.mean == I.CIFAR10_MEAN and data.std == I.CIFAR10_STD
+    assert small.mean == I.CIFAR100_MEAN == (0.5071, 0.4865, 0.4409)
+    assert small.std == I.CIFAR100_STD == (0.2673, 0.2564, 0.2762)
 
 
 # ------------------------------------------------------------------ splits, normalization
@@ -293,13 +296,62 @@ def test_split_indices_hand_computed():
 
 def test_normalize_matches_numpy():
     x = np.random.RandomState(0).randint(0, 256, (2, 5, 4, 3)).astype(np.uint8)
-    mean = np.array([0.4914, 0.4822, 0.4465])
-    std = np.array([0.2470, 0.2435, 0.2616])
+    mean = np.array([0.49139968, 0.48215827, 0.44653124])  # the DARTS code's CIFAR-10 statistics
+    std = np.array([0.24703233, 0.24348505, 0.26158768])
     expected = (x / 255.0 - mean) / std
     out = I.normalize(x)
     assert out.dtype == tf.float32 and out.shape == x.shape
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
-    assert I.MEAN == (0.4914, 0.4822, 0.4465) and I.STD == (0.2470, 0.2435, 0.2616)
+    assert I.MEAN == I.CIFAR10_MEAN == tuple(mean) and I.STD == I.CIFAR10_STD == tuple(std)
+    custom = I.normalize(x, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 2.0)).numpy()
+    np.testing.assert_allclose(custom, (x / 255.0 - [0.1, 0.2, 0.3]) / [0.5, 0.25, 2.0], rtol=0, atol=1e-5)
+
+
+def test_sample_uses_cifar10_statistics(sample_train, sample_test):
+    for data in (sample_train, sample_test):
+        assert data.mean == (0.49139968, 0.48215827, 0.44653124)
+        assert data.std == (0.24703233, 0.24348505, 0.26158768)
+
+
+def test_folder_statistics_are_the_train_splits(tmp_path):
+    """Per-channel mean/std of x/255 over every pixel of the train files, also for the test split."""
+    rng = np.random.RandomState(4)
+    counts = {"p": 12, "q": 10}  # held out: p's last 1 (11.png), q's last 1 (09.png)
+    for d, n in counts.items():
+        (tmp_path / d).mkdir()
+        for i in range(n):  # lossless PNG noise, a different colour bias per class
+            bias = np.array([40, 0, 90] if d == "p" else [0, 70, 10])
+            pixels = np.clip(rng.randint(0, 166, (8, 8, 3)) + bias, 0, 255).astype(np.uint8)
+            _save(tmp_path / d / f"{i:02d}.png", pixels, "PNG")
+    train_files = [tmp_path / d / f"{i:02d}.png" for d, n in counts.items() for i in range(n - n // 10)]
+    pixels = np.stack([np.asarray(Image.open(f)) for f in train_files]).reshape(-1, 3) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    train = I.load_images(f"folder:{tmp_path}", image_size=8)
+    test = I.load_images(f"folder:{tmp_path}", image_size=8, split="test")
+    assert len(train) == 20 and len(test) == 2
+    for data in (train, test):
+        assert isinstance(data.mean, tuple) and len(data.mean) == len(data.std) == 3
+        np.testing.assert_allclose(data.mean, mean, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(data.std, std, rtol=0, atol=1e-12)
+    held_out = test.images.reshape(-1, 3) / 255.0  # differs from the train split's
+    assert np.abs(held_out.mean(axis=0) - mean).max() > 1e-3
+    assert I.channel_statistics(np.zeros((2, 4, 4, 3), np.uint8)) == ((0.0,) * 3, (I.MIN_STD,) * 3)
+
+
+def test_streams_normalize_with_the_datas_statistics():
+    rng = np.random.RandomState(5)
+    mean, std = (0.3, 0.5, 0.7), (0.1, 0.2, 0.4)
+    data = I.ImageData(rng.randint(0, 256, (6, 8, 8, 3)).astype(np.uint8), np.zeros(6, np.int32), ("a",),
+                       1, "rnd", mean, std)
+    expected = (data.images / 255.0 - mean) / std
+    (x, _), = [(x.numpy(), y) for x, y in I.make_eval_dataset(data, 6)]
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
+    x, _ = _take(I.make_stream(data, np.arange(6), 6, seed=0, augment=False), 1)[0]
+    np.testing.assert_allclose(np.sort(x.reshape(-1)), np.sort(expected.reshape(-1)), rtol=0, atol=1e-5)
+    augmented, _ = _take(I.make_stream(data, np.arange(6), 6, seed=0), 1)[0]
+    black = I.normalize(np.zeros(3, np.uint8), mean, std).numpy()  # the crop padding, in this normalization
+    np.testing.assert_allclose(black, np.divide(np.negative(mean), std), atol=1e-6)
+    assert np.isclose(augmented, black, atol=1e-5).all(axis=-1).any()
 
 
 # ------------------------------------------------------------------ streams
@@ -316,7 +368,7 @@ def _decode_indices(x):
     """Inverse of normalize on channel 0, one index per image (centre pixel)."""
     x = np.asarray(x)
     h, w = x.shape[1] // 2, x.shape[2] // 2
-    return np.rint((x[:, h, w, 0] * 0.2470 + 0.4914) * 255).astype(int)
+    return np.rint((x[:, h, w, 0] * I.STD[0] + I.MEAN[0]) * 255).astype(int)
 
 
 def _take(stream, k):

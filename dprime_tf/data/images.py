@@ -16,6 +16,12 @@ Dataset specs (the `--dataset` flag):
                  The last 10% (floor) of each class's files, in sorted file-name
                  order, are the `test` split; the rest are `train`.
 
+Normalization: x/255 minus a per-channel mean, divided by a per-channel std, with
+statistics carried by the ImageData (`mean`, `std`): CIFAR-10's for sample and
+cifar10, CIFAR-100's for cifar100 (the values of the DARTS code), and for folder:
+those of all pixels of the folder's train split at the loaded image size (also
+when the test split is loaded, so evaluation sees the training preprocessing).
+
 Everything is decoded once into memory as uint8 (N, H, W, 3) + int32 labels (fine
 for CIFAR-sized data; a folder of hundreds of thousands of images should be
 converted to a tensorflow-datasets copy first, as decoding it here takes time and
@@ -38,10 +44,15 @@ import tensorflow as tf
 
 from dprime_tf.errors import UserError
 
-# CIFAR-10 channel statistics used by DARTS; the exporter puts the same
-# preprocessing into the serving graph.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+# Per-channel statistics of x/255 over the training images, as in the DARTS code.
+# A trained network records the ones it was trained with (NetworkCIFAR's
+# input_mean/input_std), and the exporter puts them into the serving graph.
+CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD  # the default (models that do not record theirs)
+MIN_STD = 1.0 / 255  # floor of a folder's channel std (a constant channel would divide by 0)
 
 CROP_PADDING = 4
 DEFAULT_IMAGE_SIZE = 32  # for folder: datasets when no image_size is given
@@ -53,6 +64,8 @@ _TFDS = {  # spec -> (tfds name, display name, download host)
     "cifar10": ("cifar10", "CIFAR-10", "www.cs.toronto.edu"),
     "cifar100": ("cifar100", "CIFAR-100", "www.cs.toronto.edu"),
 }
+_STATISTICS = {"sample": (CIFAR10_MEAN, CIFAR10_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+               "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 _ALTERNATIVES = ("pass --data_dir with a prepared tensorflow-datasets copy, or "
                  "--dataset=folder:<path> with one sub-folder per class, or --dataset=sample")
 
@@ -64,6 +77,8 @@ class ImageData:
     class_names: tuple
     num_classes: int
     name: str
+    mean: tuple = MEAN  # per-channel statistics of x/255 that `normalize` uses (see the module docstring)
+    std: tuple = STD
 
     def __len__(self):
         return len(self.labels)
@@ -144,7 +159,7 @@ def _load_sample(split):
     images = _decode_all([jpeg[offsets[i]:offsets[i + 1]].tobytes() for i in order],
                          [f"{SAMPLE_PATH}[{i}]" for i in order])
     return ImageData(images, labels[order].astype(np.int32), class_names, len(class_names),
-                     "sample")
+                     "sample", *_STATISTICS["sample"])
 
 
 # ---------------------------------------------------------------- tfds
@@ -175,7 +190,7 @@ def _load_tfds(key, data_dir, split, download):
         raise UserError(f"{missing} and could not be loaded or downloaded ({reason[:200]}): "
                         f"{_ALTERNATIVES}") from None
     return ImageData(np.asarray(images, np.uint8), np.asarray(labels, np.int32), class_names,
-                     len(class_names), key)
+                     len(class_names), key, *_STATISTICS[key])
 
 
 def _reachable(host, port=443, timeout=5.0):
@@ -230,15 +245,79 @@ def _load_folder(path, size, split):
     files = [file for _, file in ordered]
     images = _decode_all([_read(file) for file in files], files, size)
     labels = np.asarray([label for label, _ in ordered], np.int32)
-    return ImageData(images, labels, tuple(class_names), len(class_names), f"folder:{root}")
+    if split == "train":
+        train_images = images
+    else:  # the statistics are always the train split's (decoded for them only)
+        train_files = [file for files in per_class for file in _holdout(files)[0]]
+        train_images = _decode_all([_read(file) for file in train_files], train_files, size)
+    mean, std = channel_statistics(train_images)
+    return ImageData(images, labels, tuple(class_names), len(class_names), f"folder:{root}", mean, std)
+
+
+def channel_statistics(images, chunk=4096):
+    """(mean, std): per-channel mean and (population) std of x/255 over all pixels of
+    uint8 (N, H, W, 3) images, computed in float64 in two passes; std >= MIN_STD."""
+    images = np.asarray(images)
+    count = images.size // images.shape[-1]
+    total = np.zeros(images.shape[-1], np.float64)
+    for i in range(0, len(images), chunk):
+        total += images[i:i + chunk].reshape(-1, images.shape[-1]).sum(axis=0, dtype=np.float64)
+    mean = total / count / 255.0
+    squares = np.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        squares += np.square(x - mean).sum(axis=0)
+    std = np.maximum(np.sqrt(squares / count), MIN_STD)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+MAX_IMAGE_BYTES = 64 << 20  # one source image file
+MAX_IMAGE_PIXELS = 1 << 26  # one source image (64 megapixels, e.g. 8192 x 8192): decoded, 192 MiB
 
 
 def _read(file):
     try:
+        if os.path.getsize(file) > MAX_IMAGE_BYTES:
+            raise UserError(f"image {file} is larger than {MAX_IMAGE_BYTES >> 20} MiB: resize it first")
         with open(file, "rb") as f:
-            return f.read()
+            blob = f.read()
     except OSError as e:
         raise UserError(f"cannot read image {file}: {e.strerror}") from None
+    dims = image_dimensions(blob)
+    if dims and dims[0] * dims[1] > MAX_IMAGE_PIXELS:
+        raise UserError(f"image {file} is {dims[0]}x{dims[1]} pixels, more than {MAX_IMAGE_PIXELS >> 20} "
+                        "megapixels: resize it first")
+    return blob
+
+
+def image_dimensions(blob: bytes):
+    """(width, height) from a PNG, JPEG, GIF or BMP header without decoding; None if unknown."""
+    import struct
+    try:
+        if blob[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", blob[16:24])
+        if blob[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", blob[6:10])
+        if blob[:2] == b"BM":
+            w, h = struct.unpack("<ii", blob[18:26])
+            return abs(w), abs(h)
+        if blob[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 < len(blob):
+                if blob[i] != 0xFF:
+                    return None
+                marker = blob[i + 1]
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                length = struct.unpack(">H", blob[i + 2:i + 4])[0]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", blob[i + 5:i + 9])
+                    return w, h
+                i += 2 + length
+    except struct.error:
+        return None
+    return None
 
 
 def _decode_all(blobs, names, size=None):
@@ -281,10 +360,24 @@ def _resize_batch(images, size, chunk=1024):
 # ---------------------------------------------------------------- preprocessing
 
 
-def normalize(images):
-    """uint8 images (any leading shape, channels last) -> float32 (x/255 - MEAN) / STD."""
+def normalize(images, mean=MEAN, std=STD):
+    """uint8 images (any leading shape, channels last) -> float32 (x/255 - mean) / std.
+
+    mean, std: per-channel statistics (3 floats each; default CIFAR-10's), e.g. a
+    dataset's `data.mean`, `data.std` or a trained network's input_mean/input_std.
+    """
     x = tf.cast(images, tf.float32) / 255.0
-    return (x - tf.constant(MEAN, tf.float32)) / tf.constant(STD, tf.float32)
+    return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def model_statistics(model):
+    """(mean, std) a trained network normalizes its inputs with: its input_mean and
+    input_std (NetworkCIFAR/NetworkImageNet record them), else CIFAR-10's (a model
+    saved before they were recorded, or one that does not say)."""
+    mean, std = getattr(model, "input_mean", None), getattr(model, "input_std", None)
+    if mean is None or std is None:
+        return CIFAR10_MEAN, CIFAR10_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def random_crop_flip(image, seed):
@@ -317,10 +410,10 @@ def random_cutout(image, length, seed):
     return image * tf.cast(mask, image.dtype)[:, :, None]
 
 
-def augment_image(image, seed, cutout=0):
-    """uint8 (H, W, 3) -> normalized float32: crop + flip, normalize, then cutout."""
+def augment_image(image, seed, cutout=0, mean=MEAN, std=STD):
+    """uint8 (H, W, 3) -> normalized float32: crop + flip, normalize (with mean/std), then cutout."""
     crop_seed, cutout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    x = normalize(random_crop_flip(image, crop_seed))
+    x = normalize(random_crop_flip(image, crop_seed), mean, std)
     return random_cutout(x, cutout, cutout_seed) if cutout else x
 
 
@@ -348,6 +441,8 @@ def steps_per_pass(n, batch_size):
 
 def make_stream(data, indices, batch_size, seed, augment=True, cutout=0, start_batch=0):
     """Infinite dataset of (x float32 (B, H, W, 3) normalized, y int32 (B,)) batches.
+
+    Normalized with the data's own statistics (data.mean, data.std).
 
     Pass p visits `indices` in the order stateless_shuffle(seed, p) and uses its
     first steps_per_pass(len(indices), B) * B elements: the n % B left over are
@@ -379,9 +474,9 @@ def make_stream(data, indices, batch_size, seed, augment=True, cutout=0, start_b
     def load(position, counter):
         image = tf.gather(images, position)
         if augment:
-            x = augment_image(image, tf.stack([seed, counter]), cutout)
+            x = augment_image(image, tf.stack([seed, counter]), cutout, data.mean, data.std)
         else:
-            x = normalize(image)
+            x = normalize(image, data.mean, data.std)
             if cutout:
                 x = random_cutout(x, cutout, tf.stack([seed, counter]))
         return x, tf.gather(labels, position)
@@ -397,12 +492,13 @@ def make_stream(data, indices, batch_size, seed, augment=True, cutout=0, start_b
 
 
 def make_eval_dataset(data, batch_size, indices=None):
-    """Finite dataset of normalized (x, y) batches in order, keeping the last partial batch."""
+    """Finite dataset of (x, y) batches in order, keeping the last partial batch; x is
+    normalized with the data's own statistics (data.mean, data.std)."""
     images, labels = data.images, data.labels.astype(np.int32)
     if indices is not None:
         indices = np.asarray(indices, np.int64).reshape(-1)
         images, labels = images[indices], labels[indices]
     return (tf.data.Dataset.from_tensor_slices((images, labels))
             .batch(batch_size)
-            .map(lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda x, y: (normalize(x, data.mean, data.std), y), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))

@@ -63,7 +63,8 @@ class CNNSpace(SearchSpace):
             eval_data=images.make_eval_dataset(data, cfg.batch_size, alpha_idx),
             network_args={"num_classes": data.num_classes, "image_size": image_size},
             summary={"dataset": data.name, "num_classes": data.num_classes, "image_size": image_size,
-                     "weight_images": len(weight_idx), "alpha_images": len(alpha_idx)})
+                     "weight_images": len(weight_idx), "alpha_images": len(alpha_idx),
+                     "normalization": {"mean": list(data.mean), "std": list(data.std)}})
 
     def build_supernet(self, cfg, data):
         from dprime_tf.spaces.cnn.supernet import SearchNetwork

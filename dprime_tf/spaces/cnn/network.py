@@ -7,9 +7,12 @@ NetworkImageNet (mobile setting), as Keras models.
     model.drop_path_prob.assign(0.2 * epoch / epochs)   # per epoch, no retrace
 
 Images are float32 and already normalized (the data pipeline or the export
-graph normalizes). The auxiliary head reads the output of cell 2L//3 (the
-second reduction cell) and runs in training only; the trainer weighs its
-loss (0.4 in DARTS). Logits are float32 under a mixed-precision policy.
+graph normalizes). The network records the normalization statistics it was
+trained with (`input_mean`, `input_std`: per-channel, of x/255; CIFAR-10's
+by default) in its config, so a saved model.keras carries them to the
+exporter and the evaluator; `call` does not use them. The auxiliary head
+reads the output of cell 2L//3 (the second reduction cell) and runs in
+training only; the trainer weighs its loss (0.4 in DARTS). Logits are float32 under a mixed-precision policy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import math
 import keras
 import tensorflow as tf
 
+from dprime_tf.data.images import CIFAR10_MEAN, CIFAR10_STD
 from dprime_tf.spaces.cnn.genotype import Genotype
 from dprime_tf.spaces.cnn import ops
 from dprime_tf.spaces.layers import torch_default_init
@@ -34,6 +38,14 @@ def _dense(units, fan_in, name):
     """Linear layer with PyTorch's default init; float32 so logits stay float32 under mixed precision."""
     return keras.layers.Dense(units, kernel_initializer=ops.torch_kernel_init(),
                               bias_initializer=torch_default_init(fan_in), dtype="float32", name=name)
+
+
+def _statistics(value, default, name):
+    """A per-channel statistic as a tuple of 3 floats (default if None)."""
+    value = default if value is None else tuple(float(v) for v in value)
+    if len(value) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {len(value)}")
+    return value
 
 
 def _halved(size):
@@ -167,7 +179,8 @@ class _GenotypeNetwork(keras.Model):
     when training with the auxiliary head. `drop_path_prob` is a
     non-trainable scalar variable read at every training call. Subclasses
     supply the stem (`_make_stem`, `_build_stem`, `_stem`, `_stem_channels`,
-    `_stem_size`) and the auxiliary head's variant.
+    `_stem_size`) and the auxiliary head's variant. `input_mean` and
+    `input_std` are the preprocessing's statistics, recorded only (config).
     """
 
     first_reduction_prev = False  # whether cell 0's s0 has twice its s1's resolution
@@ -175,9 +188,13 @@ class _GenotypeNetwork(keras.Model):
     aux_last_batch_norm = True
 
     def __init__(self, genotype, init_channels, layers, num_classes, auxiliary=True, drop_path_prob=0.0,
-                 **kwargs):
+                 input_mean=None, input_std=None, **kwargs):
         super().__init__(**kwargs)
         self.genotype = _genotype(genotype)
+        self.input_mean = _statistics(input_mean, CIFAR10_MEAN, "input_mean")
+        self.input_std = _statistics(input_std, CIFAR10_STD, "input_std")
+        if min(self.input_std) <= 0:
+            raise ValueError(f"input_std must be positive, got {self.input_std}")
         self.init_channels, self.num_layers, self.num_classes = int(init_channels), int(layers), int(num_classes)
         self.auxiliary = bool(auxiliary)
         if self.num_layers < 3:
@@ -246,7 +263,8 @@ class _GenotypeNetwork(keras.Model):
     def get_config(self):
         return {**super().get_config(), "genotype": self.genotype.to_dict(), "init_channels": self.init_channels,
                 "layers": self.num_layers, "num_classes": self.num_classes, "auxiliary": self.auxiliary,
-                "drop_path_prob": float(self.drop_path_prob.numpy())}
+                "drop_path_prob": float(self.drop_path_prob.numpy()),
+                "input_mean": list(self.input_mean), "input_std": list(self.input_std)}
 
     @classmethod
     def from_config(cls, config):
@@ -324,25 +342,26 @@ class NetworkImageNet(_GenotypeNetwork):
 
 
 def build_cifar_network(genotype, init_channels=36, layers=20, num_classes=10, auxiliary=True,
-                        drop_path_prob=0.0, image_size=32):
+                        drop_path_prob=0.0, image_size=32, input_mean=None, input_std=None):
     """DARTS's CIFAR evaluation network, built on (image_size, image_size, 3) inputs.
+    input_mean/input_std: the normalization statistics to record (default CIFAR-10's).
 
     Returns a `NetworkCIFAR`: `model(images)` gives logits; with
     `training=True` and `auxiliary=True` it gives `(logits, aux_logits)`.
     """
     model = NetworkCIFAR(genotype, init_channels, layers, num_classes, auxiliary=auxiliary,
-                         drop_path_prob=drop_path_prob)
+                         drop_path_prob=drop_path_prob, input_mean=input_mean, input_std=input_std)
     model.build((None, image_size, image_size, 3))
     return model
 
 
 def build_imagenet_network(genotype, init_channels=48, layers=14, num_classes=1000, auxiliary=True,
-                           drop_path_prob=0.0, image_size=224):
+                           drop_path_prob=0.0, image_size=224, input_mean=None, input_std=None):
     """DARTS's ImageNet mobile-setting network (stride-8 stem), built on
     (image_size, image_size, 3) inputs; same call contract as the CIFAR one.
     The auxiliary head needs the 224 (up to 256) input."""
     model = NetworkImageNet(genotype, init_channels, layers, num_classes, auxiliary=auxiliary,
-                            drop_path_prob=drop_path_prob)
+                            drop_path_prob=drop_path_prob, input_mean=input_mean, input_std=input_std)
     model.build((None, image_size, image_size, 3))
     return model
 
