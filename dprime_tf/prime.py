@@ -18,9 +18,14 @@ RHO = 0.1
 SCHEDFREQ = 10
 THRESHOLD_MULTIPLIER = 1.05  # m
 FI_EWMA_BETA = 0.2
-TAU_INIT = 1.0
+TAU_INIT = 1.0  # --init_alpha_threshold
 ADMM_FREQ = 10
-ZU_EWMA = 0.2
+# The official ADMM script never passes its zu_ewma flag (0.2), so the
+# model's default 1.0 applies: U = U + (alpha - Z). SPEC section 9.
+ZU_EWMA = 1.0
+# The official FI EWMA is the raw FI after each of the first two weight steps
+# (its FI tensor is aliased and zeroed in place), then the recurrence.
+FI_EWMA_SEED_STEPS = 2
 
 SCHEDULES = ("fixed", "dynamic")
 SPLITS = ("half", "dynamic")
@@ -122,17 +127,21 @@ def admm_update(alpha, u, zu_ewma=ZU_EWMA, **discretize_kw):
 # --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class FixedSchedule:
-    """Alpha step when (step + 1) % schedfreq == 0; schedfreq 1 is original DARTS."""
+    """Alpha step when (step_in_epoch + 1) % schedfreq == 0; schedfreq 1 is original DARTS.
+
+    The official loop counts steps within the epoch (SPEC section 9), so every
+    epoch restarts the count.
+    """
     schedfreq: int = SCHEDFREQ
     beta: float = FI_EWMA_BETA  # FI is still averaged, for the history
 
-    def decide(self, step, fi_ewma, tau):
+    def decide(self, step_in_epoch, fi_ewma, tau):
         """Returns (take_alpha_step, new_tau); called before the weight step."""
-        take = tf.equal(tf.math.floormod(tf.cast(step, tf.int64) + 1, self.schedfreq), 0)
+        take = tf.equal(tf.math.floormod(tf.cast(step_in_epoch, tf.int64) + 1, self.schedfreq), 0)
         return take, tf.convert_to_tensor(tau, tf.float32)
 
-    def observe(self, fi, fi_ewma):
-        return update_fi_ewma(fi, fi_ewma, self.beta)
+    def observe(self, fi, fi_ewma, observed=FI_EWMA_SEED_STEPS):
+        return update_fi_ewma(fi, fi_ewma, self.beta, observed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,22 +155,42 @@ class DynamicSchedule:
     m: float = THRESHOLD_MULTIPLIER
     beta: float = FI_EWMA_BETA
 
-    def decide(self, step, fi_ewma, tau):
+    def decide(self, step_in_epoch, fi_ewma, tau):
         fi_ewma = tf.convert_to_tensor(fi_ewma, tf.float32)
         tau = tf.convert_to_tensor(tau, tf.float32)
         take = tf.logical_and(fi_ewma > 0.0, fi_ewma < tau)
-        new_tau = tf.where(take, tau * self.m ** (-self.schedfreq), tau * self.m)
+        # m^-schedfreq as the official code computes it (exp(-log(m) * schedfreq), in float64).
+        divider = float(np.exp(-np.log(self.m) * self.schedfreq))
+        new_tau = tf.where(take, tau * divider, tau * self.m)
         return take, new_tau
 
-    def observe(self, fi, fi_ewma):
-        return update_fi_ewma(fi, fi_ewma, self.beta)
+    def observe(self, fi, fi_ewma, observed=FI_EWMA_SEED_STEPS):
+        return update_fi_ewma(fi, fi_ewma, self.beta, observed)
 
 
-def update_fi_ewma(fi, fi_ewma, beta=FI_EWMA_BETA):
-    """FI_ewma = beta * FI + (1 - beta) * FI_ewma; the first FI seeds it (0 means unset)."""
+def update_fi_ewma(fi, fi_ewma, beta=FI_EWMA_BETA, observed=FI_EWMA_SEED_STEPS):
+    """The FI EWMA after a weight step whose FI is `fi`.
+
+    `observed` counts the FIs seen before this one. As in the official code,
+    the EWMA is the raw FI after each of the first FI_EWMA_SEED_STEPS steps
+    (FI_0, then FI_1), then beta * FI + (1 - beta) * FI_ewma.
+    """
     fi = tf.convert_to_tensor(fi, tf.float32)
     fi_ewma = tf.convert_to_tensor(fi_ewma, tf.float32)
-    return tf.where(fi_ewma > 0.0, beta * fi + (1.0 - beta) * fi_ewma, fi)
+    seeding = tf.less(tf.cast(observed, tf.int64), FI_EWMA_SEED_STEPS)
+    return tf.where(seeding, fi, beta * fi + (1.0 - beta) * fi_ewma)
+
+
+def admm_due(alpha_counter, admm_freq=ADMM_FREQ):
+    """(update Z and U now?, the counter afterwards), checked after every weight step.
+
+    The official script's rule: `(alpha_counter + 1) % admm_freq == 0`, where
+    alpha_counter counts alpha steps since the last update and is reset to 0
+    by it; so Z and U move every admm_freq - 1 alpha steps.
+    """
+    counter = tf.cast(alpha_counter, tf.int64)
+    due = tf.equal(tf.math.floormod(counter + 1, admm_freq), 0)
+    return due, tf.where(due, tf.zeros_like(counter), counter)
 
 
 def make_schedule(kind: str, schedfreq: int = SCHEDFREQ, m: float = THRESHOLD_MULTIPLIER,
@@ -189,7 +218,15 @@ def fisher_trace(grads) -> tf.Tensor:
 
 
 def epoch_cosine_lr(step, steps_per_epoch, epochs, lr_max, lr_min):
-    """PyTorch's CosineAnnealingLR stepped once per epoch, as in the reference."""
-    epoch = tf.math.floordiv(tf.cast(step, tf.float32), float(steps_per_epoch))
+    """PyTorch's CosineAnnealingLR stepped at the *top* of every epoch, as the official
+    scripts do (PyTorch >= 1.6): epoch e trains at cosine(e + 1), so the first epoch is
+    already below lr_max and the last one is exactly lr_min."""
+    epoch = tf.math.floordiv(tf.cast(step, tf.float32), float(steps_per_epoch)) + 1.0
     epoch = tf.minimum(epoch, float(epochs))
     return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + tf.cos(math.pi * epoch / float(epochs)))
+
+
+def progress(step, steps_per_epoch, epochs):
+    """t / T at global step `step`: the official clock ticks 1/steps_per_epoch *before*
+    each step, so step k sees t = (k + 1) / steps_per_epoch epochs."""
+    return (tf.cast(step, tf.float32) + 1.0) / float(steps_per_epoch * epochs)

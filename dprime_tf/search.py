@@ -62,9 +62,11 @@ flags.DEFINE_enum("reg", "prox", prime.REGULARIZERS, "Alpha-loss regularizer: pr
 flags.DEFINE_float("rho", prime.RHO, "Regularization strength rho.")
 flags.DEFINE_integer("schedfreq", prime.SCHEDFREQ, "Fixed: alpha step every N steps. Dynamic: target ratio 1/(N+1).")
 flags.DEFINE_float("threshold_multiplier", prime.THRESHOLD_MULTIPLIER, "Dynamic schedule's threshold multiplier m.")
-flags.DEFINE_float("fi_ewma_beta", prime.FI_EWMA_BETA, "EWMA weight of the newest FI.")
+flags.DEFINE_float("init_alpha_threshold", prime.TAU_INIT, "Dynamic schedule's starting threshold tau.")
+flags.DEFINE_float("fi_ewma_beta", prime.FI_EWMA_BETA, "EWMA weight of the newest FI (search space default: "
+                   "0.2 for images, 1.0 = raw FI for text, as the official scripts).")
 flags.DEFINE_integer("admm_freq", prime.ADMM_FREQ, "ADMM: Z/U update every N alpha steps.")
-flags.DEFINE_float("zu_ewma", prime.ZU_EWMA, "ADMM: U decay.")
+flags.DEFINE_float("zu_ewma", prime.ZU_EWMA, "ADMM: U decay (1.0, as the official script runs it).")
 # Optimizers
 flags.DEFINE_float("learning_rate", 0.025, "Weight SGD learning rate (cosine-annealed per epoch).")
 flags.DEFINE_float("learning_rate_min", 0.001, "Final weight learning rate.")

@@ -25,9 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf import decisiveness, plots, prime, runs, spaces
+from dprime_tf import decisiveness, plots, prime, report, runlock, runs, spaces, tb_steps, validation
 from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
+from dprime_tf.guard import NonFiniteGuard
 from dprime_tf.progress import ProgressBar
 from dprime_tf.runs import make_deterministic
 from dprime_tf.searcher import STEP_LOGS, BilevelSearch
@@ -54,7 +55,8 @@ class SearchConfig:
     rho: float = prime.RHO
     schedfreq: int = prime.SCHEDFREQ
     threshold_multiplier: float = prime.THRESHOLD_MULTIPLIER
-    fi_ewma_beta: float = prime.FI_EWMA_BETA
+    init_alpha_threshold: float = prime.TAU_INIT  # the dynamic schedule's starting tau
+    fi_ewma_beta: float | None = None  # image space 0.2; recurrent 1.0 (raw FI), as the official scripts
     admm_freq: int = prime.ADMM_FREQ
     zu_ewma: float = prime.ZU_EWMA
     # optimizers
@@ -80,6 +82,7 @@ class SearchConfig:
     dropouti: float = 0.2
     dropoute: float = 0.0
     tar_beta: float = 1e-3
+    alpha_text: str = "valid"  # the alpha stream: the validation text (official) or "train_split"
     # the run
     val_steps: int = 0  # 0: all the validation data
     checkpoint_every: int = 50
@@ -108,6 +111,7 @@ def validate(cfg: SearchConfig) -> None:
     cfg = resolve(cfg)
     space = spaces.for_dataset(cfg.dataset)
     checks = [
+        *validation.finite_checks(cfg),  # first: inf and nan pass range checks otherwise
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (0 <= cfg.until_epoch <= cfg.epochs, "until_epoch must be in [0, --epochs]"),
         (cfg.batch_size >= 1, "--batch_size must be >= 1"),
@@ -118,6 +122,7 @@ def validate(cfg: SearchConfig) -> None:
         (cfg.rho >= 0, "--rho must be >= 0"),
         (cfg.schedfreq >= 1, "--schedfreq must be >= 1"),
         (cfg.threshold_multiplier > 1.0, "--threshold_multiplier (m) must be > 1"),
+        (cfg.init_alpha_threshold > 0, "--init_alpha_threshold (the starting tau) must be > 0"),
         (0 < cfg.fi_ewma_beta <= 1, "--fi_ewma_beta must be in (0, 1]"),
         (cfg.learning_rate > 0 and cfg.arch_learning_rate > 0, "learning rates must be > 0"),
         (0 <= cfg.learning_rate_min <= cfg.learning_rate, "--learning_rate_min must be in [0, --learning_rate]"),
@@ -126,6 +131,7 @@ def validate(cfg: SearchConfig) -> None:
         (cfg.val_steps >= 0, "--val_steps must be >= 0"),
         (cfg.checkpoint_every >= 1, "--checkpoint_every must be >= 1"),
         *space.search_checks(cfg),
+        *validation.search_checks(cfg),
         (bool(cfg.output_dir), "--output_dir is required"),
     ]
     for ok, message in checks:
@@ -142,7 +148,7 @@ def bilevel_search(net, cfg: SearchConfig, steps_per_epoch: int, arch_beta_1: fl
         learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
         arch_beta_1=arch_beta_1, arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq,
-        zu_ewma=cfg.zu_ewma)
+        zu_ewma=cfg.zu_ewma, init_alpha_threshold=cfg.init_alpha_threshold)
 
 
 def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None,
@@ -152,7 +158,9 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
     validate(cfg)
     space = spaces.for_dataset(cfg.dataset)
     strategy = strategy or tf.distribute.get_strategy()
+    validation.check_replicas(cfg.batch_size, strategy.num_replicas_in_sync)
     data = space.load_search_data(cfg, strategy.num_replicas_in_sync)  # bad data: nothing written
+    cfg = dataclasses.replace(cfg, resume=runlock.plan_resume(cfg.output_dir, cfg.resume, cfg.verbose))
     with output_dirs(strategy, cfg.output_dir, cfg.resume) as (chief, run_dir, worker_dir):
         job = SearchJob(cfg, space, data, strategy, chief, run_dir, worker_dir)
         return job.run(flags_text, extra_callbacks)
@@ -182,8 +190,6 @@ class SearchJob:
 
     def run(self, flags_text, extra_callbacks):
         cfg, space, data, chief, run_dir = self.cfg, self.space, self.data, self.chief, self.run_dir
-        if chief and flags_text is not None:
-            runs.write_flags(run_dir, flags_text)
         started = time.time()
         steps_per_epoch = min(cfg.steps_per_epoch, data.steps_per_pass) if cfg.steps_per_epoch else data.steps_per_pass
         if cfg.deterministic:
@@ -194,10 +200,14 @@ class SearchJob:
             self.search = search = bilevel_search(net, cfg, steps_per_epoch, space.arch_beta_1)
         initial = self._initial_weights()  # before a resumed run restores its alphas
         manager, start_step = runs.search_checkpoint(search, run_dir, chief, self.worker_dir, cfg.resume,
-                                                     cfg.verbose, steps_per_epoch)
+                                                     cfg.verbose, steps_per_epoch,
+                                                     validation.identity(cfg, validation.SEARCH_IDENTITY))
         end_epoch = cfg.until_epoch or cfg.epochs
-        if start_step >= steps_per_epoch * end_epoch:
+        if start_step > steps_per_epoch * end_epoch or (start_step == steps_per_epoch * end_epoch and all(
+                os.path.exists(os.path.join(run_dir, f)) for f in ("genotype.json", "alphas.npz", "summary.json"))):
             raise UserError(f"{run_dir} already finished its {end_epoch} epochs; raise --epochs to continue it")
+        if chief and flags_text is not None:  # after a successful restore: a failed resume keeps the run's flags
+            runs.write_flags(run_dir, flags_text)
         self.eval_data = data.eval_data.take(cfg.val_steps) if cfg.val_steps else data.eval_data
         self.summary_extra.update(space.before_search(self))
 
@@ -207,16 +217,25 @@ class SearchJob:
 
         measures_path = os.path.join(run_dir, "decisiveness.json")
         measures = runs.read_json(measures_path) if cfg.resume else []
+        best_path = os.path.join(run_dir, "best_validation.json")
+        best = runs.read_json(best_path, {}) if cfg.resume else {}
 
         def on_epoch_end(epoch, logs):
             last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
             genotype = net.genotype()
             measures[epoch:] = [{"epoch": epoch + 1, **self._decisiveness(initial)}]
+            val_loss = float(logs.get("val_loss", float("nan")))
+            improved = not best or val_loss < best["val_loss"] or best["epoch"] > epoch  # (> epoch: a rerun epoch)
+            if improved and np.isfinite(val_loss):
+                best.clear()
+                best.update(epoch=epoch + 1, val_loss=val_loss, genotype=genotype.to_dict())
             for kind, weights in net.mixing_weights().items():
                 prev = alpha_hist.get(kind, np.zeros((0,) + weights.shape))[:epoch]
                 alpha_hist[kind] = np.concatenate([prev, weights[None]], 0)
             if chief:
                 runs.atomic_write_json(measures_path, measures)
+                if best:
+                    runs.atomic_write_json(best_path, best)
                 runs.atomic_savez(alpha_path, **alpha_hist)
                 runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
                                   genotype.to_json())
@@ -227,12 +246,24 @@ class SearchJob:
         metric = space.metric
         history_cb = runs.StepHistory(os.path.join(run_dir if chief else self.worker_dir, "history.csv"),
                                       [c.replace("accuracy", metric) for c in STEP_LOGS], search.search_step,
-                                      resume_step=start_step)
-        callbacks = [history_cb, runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every,
-                                                     is_chief=chief),
-                     runs.EpochSummary(on_epoch_end), *extra_callbacks]
+                                      resume_step=start_step, blank_unless={"batch_alpha_loss": "alpha_step"})
+        # A diverged step stops the run before anything after the history saves it.
+        diverged = NonFiniteGuard(("batch_loss", "fi", "batch_alpha_loss"), search.search_step,
+                                  applies_if={"batch_alpha_loss": "alpha_step"},
+                                  advice=": lower --learning_rate or --arch_learning_rate, then --resume")
+        # The epoch's files before its end-of-epoch checkpoint: a kill between them never shifts them.
+        callbacks = [history_cb, diverged, runs.EpochSummary(on_epoch_end),
+                     runs.StepCheckpoint(manager, search.search_step, cfg.checkpoint_every, is_chief=chief,
+                                         steps_per_epoch=steps_per_epoch), *extra_callbacks]
+        done_epochs, offset = divmod(start_step, steps_per_epoch)
+        if cfg.resume and done_epochs and not offset and validation.epoch_files_missing(
+                run_dir, done_epochs, alpha_hist, measures):  # killed before the last epoch's files
+            on_epoch_end(done_epochs - 1, {f"val_{k}": v for k, v in self.validation_logs().items()})
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+            # per-step TensorBoard scalars, alpha heatmaps and the genotype; report.html at each epoch end
+            callbacks += [tb_steps.for_search(run_dir, search, net, space, metric),
+                          report.report_callback(run_dir, "search", search.search_step)]
         if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
             callbacks.append(ProgressBar(("loss", metric, "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
                                          cfg.epochs))
@@ -241,8 +272,14 @@ class SearchJob:
                      before_segment=lambda: search.set_alpha_stream(data.alpha_stream(int(search.alpha_steps.numpy()))),
                      validation_data=self.eval_data, verbose=2 if (cfg.verbose == 2 and chief) else 0)
 
+        if "val_loss" not in last_logs:  # nothing left to run (a finished run writing its missing files)
+            last_logs.update({f"val_{k}": float(v) for k, v in self.validation_logs().items()})
         self.summary_extra.update(space.after_search(self))
-        genotype = net.genotype()
+        genotype = last_genotype = net.genotype()
+        if space.keeps_best_validation_genotype and best:
+            genotype = type(last_genotype).from_dict(best["genotype"])
+            self.summary_extra.update(best_val_epoch=best["epoch"], best_val_loss=best["val_loss"],
+                                      genotype_last=last_genotype.to_dict())
         steps_done = int(search.search_step.numpy())
         summary = {
             "search_space": space.name,
@@ -263,8 +300,11 @@ class SearchJob:
         if chief:
             runs.atomic_savez(os.path.join(run_dir, "alphas.npz"), **space.alpha_arrays(net))
             runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
+            if space.keeps_best_validation_genotype:
+                runs.atomic_write(os.path.join(run_dir, "genotype_last.json"), last_genotype.to_json())
             runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
             self._write_plots(alpha_hist, genotype, history=True)
+            report.write_report(run_dir, "search", finished=True)
         summary["run_dir"] = run_dir
         return summary
 

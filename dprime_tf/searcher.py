@@ -57,7 +57,7 @@ class BilevelSearch(keras.Model):
                  momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0,
                  arch_learning_rate: float = 3e-4, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
                  arch_weight_decay: float = 1e-3, admm_freq: int = prime.ADMM_FREQ,
-                 zu_ewma: float = prime.ZU_EWMA, **kwargs):
+                 zu_ewma: float = prime.ZU_EWMA, init_alpha_threshold: float = prime.TAU_INIT, **kwargs):
         super().__init__(**kwargs)
         if regularizer not in prime.REGULARIZERS:
             raise ValueError(f"unknown regularizer '{regularizer}' (use one of {', '.join(prime.REGULARIZERS)})")
@@ -85,8 +85,9 @@ class BilevelSearch(keras.Model):
         self.search_step = state("search_step", 0, "int64")
         self.alpha_steps = state("alpha_steps", 0, "int64")
         self.fi_ewma = state("fi_ewma", 0.0)  # 0 means unset
-        self.tau = state("tau", prime.TAU_INIT)
+        self.tau = state("tau", init_alpha_threshold)
         if regularizer == "admm":
+            self.admm_counter = state("admm_counter", 0, "int64")  # alpha steps since the last Z/U update
             self.admm_z = [self.add_weight(shape=a.shape, initializer="zeros", trainable=False,
                                            name=f"admm_z_{i}", aggregation="only_first_replica")
                            for i, a in enumerate(supernet.alphas)]
@@ -121,8 +122,8 @@ class BilevelSearch(keras.Model):
 
     # -- losses ---------------------------------------------------------------
     def _progress(self):
-        """t / T: training progress in epochs over the total epochs."""
-        return tf.cast(self.search_step, tf.float32) / float(self.steps_per_epoch * self.epochs)
+        """t / T of this step (the official clock ticks before the step)."""
+        return prime.progress(self.search_step, self.steps_per_epoch, self.epochs)
 
     def regularization(self, progress):
         kw = self.supernet.discretize_kwargs()
@@ -170,7 +171,8 @@ class BilevelSearch(keras.Model):
         if self._alpha_iterator is None:
             raise RuntimeError("call set_alpha_stream(dataset) before fit(): the search needs an alpha stream")
         progress = self._progress()
-        take, new_tau = self.schedule.decide(self.search_step, self.fi_ewma, self.tau)
+        step_in_epoch = tf.math.floormod(self.search_step, self.steps_per_epoch)
+        take, new_tau = self.schedule.decide(step_in_epoch, self.fi_ewma, self.tau)
         self.tau.assign(new_tau)
 
         def alpha_step():
@@ -183,9 +185,8 @@ class BilevelSearch(keras.Model):
         out = {k: strategy.reduce(_SUM, v, axis=None)
                for k, v in strategy.run(self._replica_weight_step, args=(data,)).items()}
         self.alpha_steps.assign_add(tf.cast(take, tf.int64))
-        if self.regularizer == "admm":
-            self._admm_step(take)
-        self.fi_ewma.assign(self.schedule.observe(out["fi"], self.fi_ewma))
+        admm_updated = self._admm_step(take) if self.regularizer == "admm" else tf.constant(False)
+        self.fi_ewma.assign(self.schedule.observe(out["fi"], self.fi_ewma, self.search_step))
         self.search_step.assign_add(1)
         self._trackers["loss"].update_state(out["loss"])
         self._trackers["accuracy"].update_state(out["accuracy"])
@@ -199,16 +200,20 @@ class BilevelSearch(keras.Model):
             "alpha_steps": tf.cast(self.alpha_steps, tf.float32), "alpha_step": if_taken,
             "fi": out["fi"], "fi_ewma": tf.identity(self.fi_ewma), "tau": tf.identity(self.tau),
             "lr": self.lr_schedule(self.search_step - 1), "progress": progress,
+            "admm_update": tf.cast(admm_updated, tf.float32),
         })
 
     def _admm_step(self, took_alpha_step):
-        """Every admm_freq alpha steps: Z = discretize(softmax(alpha + U)), U = zu*U + (alpha - Z)."""
-        due = tf.logical_and(took_alpha_step, tf.equal(tf.math.floormod(self.alpha_steps, self.admm_freq), 0))
+        """After the weight step, when `prime.admm_due` says so: Z = discretize(softmax(alpha + U)),
+        then U = zu*U + (alpha - Z). Returns whether Z and U moved."""
+        due, counter = prime.admm_due(self.admm_counter + tf.cast(took_alpha_step, tf.int64), self.admm_freq)
+        self.admm_counter.assign(counter)
         kw = self.supernet.discretize_kwargs()
         for a, z, u in zip(self.supernet.alphas, self.admm_z, self.admm_u):
             new_z, new_u = prime.admm_update(a.value, u.value, self.zu_ewma, **kw)
             z.assign(tf.where(due, new_z, z.value))
             u.assign(tf.where(due, new_u, u.value))
+        return due
 
     def make_train_function(self, force=False):
         """One compiled step per call, whose body (train_step) is cross-replica."""

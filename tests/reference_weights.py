@@ -48,11 +48,12 @@ def _pw(w):  # (Cout, Cin, 1, 1) -> (Cin, Cout)
     return w[:, :, 0, 0].T
 
 
-def reference_targets(model, prefix="p:"):
-    """Yields (variable, index or None, numpy value) assignments for every weight."""
-    data = np.load(reference_path())
+def reference_targets(model, prefix="p:", data=None):
+    """Yields (variable, index or None, numpy value) assignments for every weight
+    (from `data`, an npz with the golden's names, else the golden step)."""
+    data = np.load(reference_path()) if data is None else data
     out = []
-    for key in data.files:
+    for key in (data.files if hasattr(data, "files") else list(data)):
         if not key.startswith(prefix):
             continue
         name, w = key[len(prefix):], data[key]
@@ -101,12 +102,13 @@ def reference_targets(model, prefix="p:"):
     return out
 
 
-def load_reference(model):
-    """Assigns all reference weights and alphas; returns the npz data."""
-    data = np.load(reference_path())
+def load_reference(model, data=None):
+    """Assigns all reference weights and alphas (from `data`, else the golden step);
+    returns the npz data."""
+    data = np.load(reference_path()) if data is None else data
     values = {id(v): v.numpy() for v in model.trainable_weights}
     covered = {id(v): np.zeros(v.shape, bool) for v in model.trainable_weights}
-    for var, index, value in reference_targets(model):
+    for var, index, value in reference_targets(model, "p:", data):
         if index is None:
             values[id(var)] = value
             covered[id(var)][...] = True

@@ -97,15 +97,25 @@ def test_fixed_schedule():
     assert all(bool(prime.FixedSchedule(1).decide(step, 0.0, 1.0)[0]) for step in range(4))
 
 
+def test_fixed_schedule_counts_steps_within_the_epoch():
+    """The official loop's `step` restarts every epoch: with 5 steps per epoch and
+    schedfreq 3 the alpha steps are at global steps 2, 7, 12 (not 2, 5, 8, 11)."""
+    s = prime.FixedSchedule(schedfreq=3)
+    taken = [k for k in range(15) if bool(s.decide(k % 5, 0.0, 1.0)[0])]
+    assert taken == [2, 7, 12]
+
+
 def test_dynamic_schedule_hand_trace():
     s = prime.DynamicSchedule(schedfreq=10, m=1.05, beta=0.2)
     # Unset EWMA: no alpha step, tau grows by m.
     take, tau = s.decide(0, 0.0, 1.0)
     assert not bool(take) and math.isclose(float(tau), 1.05, rel_tol=1e-6)
-    # First FI seeds the EWMA; later ones blend with beta.
-    ewma = float(s.observe(2.0, 0.0))
+    # The first two FIs each set the EWMA (the official aliasing); later ones blend with beta.
+    ewma = float(s.observe(2.0, 0.0, observed=0))
     assert ewma == 2.0
-    assert math.isclose(float(s.observe(1.0, ewma)), 0.2 * 1.0 + 0.8 * 2.0, rel_tol=1e-6)
+    ewma = float(s.observe(5.0, ewma, observed=1))
+    assert ewma == 5.0
+    assert math.isclose(float(s.observe(1.0, ewma, observed=2)), 0.2 * 1.0 + 0.8 * 5.0, rel_tol=1e-6)
     # EWMA below tau: alpha step and tau shrinks by m^-10.
     take, tau = s.decide(5, 1.5, 2.0)
     assert bool(take) and math.isclose(float(tau), 2.0 * 1.05 ** -10, rel_tol=1e-5)
@@ -120,7 +130,7 @@ def test_dynamic_schedule_rate_with_constant_fi():
     for step in range(2200):
         take, tau = s.decide(step, ewma, tau)
         steps += int(take)
-        ewma = s.observe(3.0, ewma)
+        ewma = s.observe(3.0, ewma, step)
     assert abs(steps / 2200 - 1 / 11) < 0.01
 
 
@@ -137,7 +147,32 @@ def test_fisher_trace():
 
 
 def test_epoch_cosine_lr_matches_pytorch_formula():
-    for step, expect_epoch in ((0, 0), (9, 0), (10, 1), (25, 2)):
+    """The official scripts step CosineAnnealingLR at the top of each epoch, so epoch e
+    trains at cosine(e + 1): 4 epochs give 0.02149, 0.0130, 0.00451, 0.001."""
+    for step, expect in ((0, 0.0214852814), (9, 0.0214852814), (10, 0.013), (25, 0.0045147186), (39, 0.001)):
         lr = float(prime.epoch_cosine_lr(step, 10, 4, 0.025, 0.001))
-        ref = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * expect_epoch / 4)) / 2
-        assert math.isclose(lr, ref, rel_tol=1e-6)
+        assert math.isclose(lr, expect, rel_tol=1e-6), (step, lr)
+    # by the formula: lr_min + (lr_max - lr_min) (1 + cos(pi (e + 1) / E)) / 2
+    for step, epoch in ((0, 0), (10, 1), (25, 2)):
+        ref = 0.001 + (0.025 - 0.001) * (1 + math.cos(math.pi * (epoch + 1) / 4)) / 2
+        assert math.isclose(float(prime.epoch_cosine_lr(step, 10, 4, 0.025, 0.001)), ref, rel_tol=1e-6)
+
+
+def test_progress_ticks_before_the_step():
+    """t = (k + 1) / steps_per_epoch epochs at step k: 0.1, 0.2, ... for 10 steps per epoch."""
+    assert [round(float(prime.progress(k, 10, 4)) * 4, 6) for k in (0, 1, 9, 39)] == [0.1, 0.2, 1.0, 4.0]
+
+
+def test_admm_due_every_freq_minus_one_alpha_steps():
+    """The official rule after each weight step: (alpha_counter + 1) % admm_freq == 0, then reset.
+    With admm_freq 10 and an alpha step every other weight step, Z/U move after alpha steps 9, 18."""
+    counter, updates, alpha_steps = 0, [], 0
+    for k in range(40):
+        took = k % 2 == 1
+        alpha_steps += took
+        due, counter = prime.admm_due(counter + int(took), 10)
+        if bool(due):
+            updates.append(alpha_steps)
+        counter = int(counter)
+    assert updates == [9, 18]
+    assert prime.ZU_EWMA == 1.0  # the script never passes zu_ewma: U = U + (alpha - Z)

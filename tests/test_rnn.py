@@ -450,6 +450,18 @@ def test_search_run_directory(quick_search):
     assert g.to_dict() == summary["genotype"] and g.steps == 8
     hist = np.load(out / "alpha_history.npz")["recurrent"]
     assert hist.shape == (3, 36, 5)
+    # As the official search: alpha steps on the validation text, all training text for the weights ...
+    from dprime_tf.data import text
+    corpus = text.load_corpus("ptb_sample")
+    assert summary["alpha_text"] == "valid" and summary["alpha_tokens"] == summary["valid_tokens"] == len(corpus.valid)
+    assert summary["weight_tokens"] == len(corpus.train)
+    # ... and the genotype kept is the best validation epoch's (the last epoch's beside it).
+    best = json.loads((out / "best_validation.json").read_text())
+    epoch_file = out / "genotypes" / f"epoch_{best['epoch']:03d}.json"
+    assert RecurrentGenotype.from_json(epoch_file.read_text()) == g and best["genotype"] == g.to_dict()
+    assert summary["best_val_epoch"] == best["epoch"] and (out / "genotype_last.json").exists()
+    last = RecurrentGenotype.from_json((out / "genotypes" / "epoch_003.json").read_text())
+    assert RecurrentGenotype.from_json((out / "genotype_last.json").read_text()) == last
     np.testing.assert_allclose(hist.sum(-1), 1.0, rtol=1e-5)
     assert os.listdir(out / "checkpoints") and os.listdir(out / "tensorboard")
 

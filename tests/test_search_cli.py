@@ -115,3 +115,18 @@ def test_resume_after_sigkill_restores_the_exact_state(tmp_path):
     assert (killed / "genotype.json").read_text() == (whole / "genotype.json").read_text()
     g = json.loads((killed / "genotype.json").read_text())
     assert len(g["normal"]) == 8 and np.load(killed / "alphas.npz")["alpha_normal"].shape == (14, 8)
+
+
+@pytest.mark.slow
+def test_cifar_flags_search_trains_at_the_official_lr_sequence(tmp_path):
+    """configs/cifar.flags at tiny sizes: the cosine lr is stepped at the top of every epoch, as
+    the official scripts do, so 4 epochs train at 0.02149, 0.0130, 0.00451 and exactly 0.001."""
+    out = tmp_path / "run"
+    proc = cli("--flagfile=configs/cifar.flags", *TINY, "--epochs=4", "--steps_per_epoch=2",
+               f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h = runs.read_history(out / "history.csv")
+    per_epoch = [0.001 + 0.024 * (1 + np.cos(np.pi * (e + 1) / 4)) / 2 for e in range(4)]
+    np.testing.assert_allclose(h["lr"], np.repeat(per_epoch, 2), rtol=1e-6)
+    np.testing.assert_allclose(h["lr"][[0, -1]], [0.0214852814, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(h["progress"], (np.arange(8) + 1) / 8, rtol=1e-6)  # t ticks before the step

@@ -41,8 +41,8 @@ def test_short_search_lowers_loss_and_moves_alphas(short_search):
     assert summary["alpha_steps"] == int(h["alpha_step"].sum()) == int(h["alpha_steps"][-1])
     alphas = np.load(out / "alphas.npz")
     assert np.abs(alphas["alpha_normal"]).max() > 5e-3  # started at ~1e-3 * N(0, 1)
-    # The proximity penalty grows with progress: t/T reaches (199/200).
-    assert abs(h["progress"][-1] - 199 / 200) < 1e-6
+    # The proximity penalty grows with progress; the clock ticks before each step: t/T reaches 1.
+    assert abs(h["progress"][-1] - 1.0) < 1e-6 and abs(h["progress"][0] - 1 / 200) < 1e-6
 
 
 @pytest.mark.slow

@@ -91,8 +91,8 @@ def test_gradients_are_clipped_to_the_global_norm_before_the_update(clip):
     y = rng.integers(0, classes, batch).astype("int32")
     net = FixedLogits(classes)
     net(x)
-    # lr 1, no momentum, no L2: the update is minus the (clipped) gradient.
-    trainer = FinalTrainer(net, steps_per_epoch=1, epochs=1, learning_rate=1.0, momentum=0.0,
+    # lr 1 (constant), no momentum, no L2: the update is minus the (clipped) gradient.
+    trainer = FinalTrainer(net, steps_per_epoch=1, epochs=1, learning_rate=1.0, learning_rate_min=1.0, momentum=0.0,
                            weight_decay=0.0, grad_clip=clip)
     with tf.GradientTape() as tape:
         logits, aux = net(x, training=True)
@@ -201,14 +201,19 @@ def test_run_directory_contents(trained_run):
         assert f.readline().strip().split(",") == ["step", *HISTORY_COLUMNS]
     history = runs.read_history(os.path.join(run_dir, "history.csv"))
     np.testing.assert_array_equal(history["epoch"], np.repeat([0, 1, 2], 10))
-    # per-epoch cosine to 0 over the 2 epochs of the first run, then over 3 after the resume
-    np.testing.assert_allclose(history["lr"], np.repeat([0.05, 0.025, 0.0125], 10), rtol=1e-5)
+    # per-epoch cosine to 0, stepped at the top of each epoch as the official train.py: epoch e of E
+    # trains at cosine((e + 1) / E): 0.025, then 0 over the 2 epochs of the first run; after the
+    # resume to 3 epochs, epoch 2 of 3 is the last: 0 as well.
+    np.testing.assert_allclose(history["lr"], np.repeat([0.025, 0.0, 0.0], 10), rtol=1e-5, atol=1e-9)
     assert np.all(history["drop_path_prob"] == 0)
 
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     assert summary["parameters"] == count_parameters(model) > 0
     assert summary["steps"] == 30 and summary["epochs"] == 3 and summary["val_images"] == 270
+    # the sample's (CIFAR-10's) normalization, recorded in the run and in the model
+    assert summary["normalization"] == {"mean": list(images.CIFAR10_MEAN), "std": list(images.CIFAR10_STD)}
+    assert model.input_mean == images.CIFAR10_MEAN and model.input_std == images.CIFAR10_STD
     assert 0 <= summary["val_accuracy"] <= 1 and summary["val_loss"] > 0 and summary["wall_time_seconds"] > 0
     assert "epoch 3/3:" in stdout and "val_acc" in stdout and "resumed" in stdout
 
@@ -231,6 +236,7 @@ def test_evaluate_cli_matches_numpy_on_the_model_predictions(trained_run, tmp_pa
     reported = json.loads(out.read_text())
     assert reported["dataset"] == "sample" and reported["split"] == "test" and reported["examples"] == 300
     assert "top-1 accuracy" in result.stdout
+    assert reported["normalization"] == {"mean": list(images.CIFAR10_MEAN), "std": list(images.CIFAR10_STD)}
 
     model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     data = images.load_images("sample", split="test")

@@ -26,7 +26,8 @@ from typing import Any, Callable
 # Search settings whose default depends on the space (None in a SearchConfig: the space's
 # value), and their values where a space gives none (DARTS's CNN search, SPEC section 3).
 SEARCH_DEFAULTS = {"batch_size": 64, "learning_rate": 0.025, "learning_rate_min": 0.001, "momentum": 0.9,
-                   "weight_decay": 3e-4, "grad_clip": 5.0, "arch_learning_rate": 3e-4, "arch_weight_decay": 1e-3}
+                   "weight_decay": 3e-4, "grad_clip": 5.0, "arch_learning_rate": 3e-4, "arch_weight_decay": 1e-3,
+                   "fi_ewma_beta": 0.2}
 SPACE_DEFAULTED = tuple(SEARCH_DEFAULTS)
 
 
@@ -60,6 +61,10 @@ class SearchSpace(abc.ABC):
     # (the flags' own defaults are the CNN search's).
     search_defaults: dict = {}
     arch_beta_1: float = 0.5  # alpha Adam's beta_1
+    # Whether the search keeps the genotype of the epoch with the best validation
+    # loss (genotype.json; the last epoch's is genotype_last.json), as the official
+    # recurrent search does; otherwise genotype.json is the last epoch's.
+    keeps_best_validation_genotype: bool = False
 
     # The values this space gives to training settings left unset (dprime_tf.train_job).
     train_defaults: dict = {}

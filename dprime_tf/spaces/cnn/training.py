@@ -7,10 +7,12 @@ The run directory:
     <run>/genotype.json    the genotype trained (a copy)
     <run>/history.csv      one row per step: step, epoch, loss, accuracy, lr, drop_path_prob
     <run>/checkpoints/     every --checkpoint_every steps and at each epoch end
-    <run>/tensorboard/     per-epoch loss/accuracy/val_*/lr/drop_path_prob
+    <run>/tensorboard/     per-epoch loss/accuracy/val_*/lr/drop_path_prob; steps/: per step
+    <run>/report.html      the run's page (curves, lr, cells; plots/), rewritten each epoch; epochs.json
     <run>/model.keras      the trained network (keras.models.load_model after
                            `import dprime_tf.networks`), written at the end
-    <run>/summary.json     final validation accuracy/loss, parameters, wall time
+    <run>/summary.json     final validation accuracy/loss, parameters, wall time, the
+                           normalization statistics (also in model.keras's config)
 
 TensorFlow is imported inside `train_cnn` only (the command line checks its
 input before TensorFlow starts).
@@ -92,8 +94,10 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
     import numpy as np
     import tensorflow as tf
 
-    from dprime_tf import runs
+    from dprime_tf import report, runs, tb_steps
+    from dprime_tf.guard import NonFiniteGuard
     from dprime_tf.data import images
+    from dprime_tf.progress import ProgressBar
     from dprime_tf.spaces.cnn.network import build_cifar_network, count_parameters
     from dprime_tf.spaces.cnn.trainer import DropPathSchedule, FinalTrainer, TrainHistory, WallClock
 
@@ -120,7 +124,8 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
     with strategy.scope():
         try:
             net = build_cifar_network(genotype, cfg.init_channels, cfg.layers, data.num_classes,
-                                      auxiliary=cfg.auxiliary, image_size=image_size)
+                                      auxiliary=cfg.auxiliary, image_size=image_size,
+                                      input_mean=data.mean, input_std=data.std)
         except ValueError as e:  # e.g. the auxiliary head on an unsupported image size
             hint = " (--noauxiliary, or --image_size=32)" if cfg.auxiliary else ""
             raise UserError(f"cannot build the network: {str(e).splitlines()[0]}{hint}") from None
@@ -142,21 +147,27 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
     model_path = os.path.join(run_dir, "model.keras")
     if not cfg.resume:
         runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
-    if flags_text is not None:
-        runs.write_flags(run_dir, flags_text)
     checkpoint = tf.train.Checkpoint(network_weights=weights, optimizer=trainer.optimizer, step=trainer.step,
                                      wall_time=wall_time)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
     start_step = 0
+    from dprime_tf import validation
+    settings = validation.identity(cfg, validation.TRAIN_IDENTITY)
+    checked = runs.resume_record(run_dir, "train", settings, [*weights.values(), *trainer.optimizer.variables],
+                                 cfg.resume)
     if cfg.resume:
         runs.restore_latest(checkpoint, ckpt_dir, "resume with the run's own flags (they are re-read from its "
                             "flags.txt; do not change --init_channels, --layers, --auxiliary or the dataset)")
+        runs.note_resumed(run_dir, "train", settings, checked)
         start_step = int(trainer.step.numpy())
         if cfg.verbose:
             print(f"resumed {run_dir} at step {start_step} (epoch {start_step // steps_per_epoch + 1})", flush=True)
+    if flags_text is not None:  # after a successful restore: a failed resume keeps the run's flags
+        runs.write_flags(run_dir, flags_text)
     total_steps = steps_per_epoch * cfg.epochs
-    if start_step > total_steps or (start_step == total_steps and os.path.exists(model_path)):
+    if start_step > total_steps or (start_step == total_steps and os.path.exists(model_path)
+                                    and os.path.exists(os.path.join(run_dir, "summary.json"))):
         raise UserError(f"{run_dir} already finished its {start_step // steps_per_epoch} epochs; "
                         "raise --epochs to continue it")
 
@@ -174,16 +185,21 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
 
     history_cb = TrainHistory(os.path.join(run_dir, "history.csv"), trainer, resume_step=start_step)
     callbacks = [WallClock(wall_time), DropPathSchedule(net, cfg.drop_path_prob, cfg.epochs), history_cb,
+                 NonFiniteGuard(("loss",), trainer.step, advice=": lower --learning_rate, then --resume"),
                  runs.StepCheckpoint(manager, trainer.step, cfg.checkpoint_every),
                  runs.EpochSummary(on_epoch_end),
                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
                                              write_graph=False),
+                 tb_steps.for_cnn_training(run_dir, trainer, net, genotype),  # per-step TensorBoard scalars
+                 report.report_callback(run_dir, "train", trainer.step),  # report.html at each epoch end
                  *extra_callbacks]
+    if cfg.verbose == 1:  # plain lines when stdout is not a terminal (Keras' bar writes ANSI escapes)
+        callbacks.append(ProgressBar(("loss", "accuracy", "lr"), steps_per_epoch, cfg.epochs))
 
     runs.fit_run(trainer, lambda step: images.make_stream(data, train_idx, cfg.batch_size, cfg.seed, augment=True,
                                                         cutout=cfg.cutout, start_batch=step),
                  trainer.step, start_step, steps_per_epoch, cfg.epochs, callbacks, closing=[history_cb],
-                 shuffle=False, validation_data=val_data, verbose=cfg.verbose)
+                 shuffle=False, validation_data=val_data, verbose=2 if cfg.verbose == 2 else 0)
 
     # The final validation numbers: the last epoch's, or (nothing left to train) measured.
     if val_data is not None and "val_accuracy" not in last_logs:
@@ -213,8 +229,10 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
         "dataset": data.name, "data_dir": cfg.data_dir, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "image_size": image_size,
         "train_images": len(train_idx), "val_images": len(val_idx),
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
         "model": model_path,
     }
     runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    report.write_report(run_dir, "train", finished=True)
     summary["run_dir"] = run_dir
     return summary

@@ -7,11 +7,15 @@ Differences from the image search, as DARTS's recurrent search:
   (beta 1e-3) added to the weight loss; alpha: Adam lr 3e-3, betas
   (0.9, 0.999) (PyTorch's defaults, which DARTS's RNN architect uses),
   weight decay 1e-3;
-- data: the training text is split by position (the first part of the tokens
-  trains w, the rest is the alpha stream); weight windows have DARTS's
-  variable length (bptt, or bptt/2 with probability 0.05), alpha windows
-  bptt; validation perplexity is measured on the corpus's valid text with
-  batch 10 (DARTS's eval_batch_size);
+- data: as the official search, all of the training text trains w and the
+  alpha steps read the corpus's *validation* text (--alpha_text=valid;
+  --alpha_text=train_split holds out the end of the training text instead,
+  sized by --split); weight windows have DARTS's variable length (bptt, or
+  bptt/2 with probability 0.05), alpha windows bptt; validation perplexity is
+  measured on the valid text with batch 10 (DARTS's eval_batch_size);
+- the genotype kept (genotype.json) is the one of the epoch with the best
+  validation loss, as the official search; genotype_last.json is the last's;
+- the FI EWMA's beta defaults to 1.0 (the raw FI), the official default;
 - an epoch is one pass of the weight stream as drawn for pass 0 (passes
   differ by a few windows; the stream runs on across epochs and zeroes the
   hidden state at each pass start). Not reproduced: DARTS scales the
@@ -60,8 +64,10 @@ class RNNSpace(SearchSpace):
     genotype_kinds = ("recurrent",)
     search_flags_module = "dprime_tf.spaces.rnn.flags"
     search_defaults = {"batch_size": 256, "learning_rate": 20.0, "momentum": 0.0, "weight_decay": 5e-7,
-                       "grad_clip": 0.25, "arch_learning_rate": 3e-3, "arch_weight_decay": 1e-3}
+                       "grad_clip": 0.25, "arch_learning_rate": 3e-3, "arch_weight_decay": 1e-3,
+                       "fi_ewma_beta": 1.0}
     arch_beta_1 = 0.9  # PyTorch Adam's default, used by DARTS's recurrent architect
+    keeps_best_validation_genotype = True  # as the official train_search_rnn.py
 
     train_defaults = {"dataset": "ptb_sample", "epochs": 8000, "batch_size": 64, "learning_rate": 20.0,
                       "weight_decay": 8e-7, "grad_clip": 0.25, "seed": 1267}
@@ -93,6 +99,7 @@ class RNNSpace(SearchSpace):
 
     def search_checks(self, cfg):
         return [(cfg.eval_batch_size >= 1, "--eval_batch_size must be >= 1"),
+                (cfg.alpha_text in ("valid", "train_split"), "--alpha_text must be valid or train_split"),
                 (cfg.bptt >= 2, "--bptt must be >= 2"),
                 *language_model_checks(cfg)]
 
@@ -104,8 +111,12 @@ class RNNSpace(SearchSpace):
         if cfg.batch_size % replicas or cfg.eval_batch_size % replicas:
             raise UserError(f"--batch_size ({cfg.batch_size}) and --eval_batch_size ({cfg.eval_batch_size}) must "
                             f"be multiples of the {replicas} replicas")
-        weight_pos, alpha_pos = split_indices(len(corpus.train), prime.weight_portion(cfg.split, cfg.schedfreq))
-        weight_ids, alpha_ids = corpus.train[weight_pos], corpus.train[alpha_pos]
+        if cfg.alpha_text == "valid":  # the official search: alpha steps on the validation text
+            weight_ids, alpha_ids = corpus.train, corpus.valid
+        else:
+            weight_pos, alpha_pos = split_indices(len(corpus.train),
+                                                  prime.weight_portion(cfg.split, cfg.schedfreq))
+            weight_ids, alpha_ids = corpus.train[weight_pos], corpus.train[alpha_pos]
         for name, ids, batch in (("weight", weight_ids, cfg.batch_size), ("alpha", alpha_ids, cfg.batch_size),
                                  ("validation", corpus.valid, cfg.eval_batch_size)):
             if len(ids) // batch < 2:
@@ -121,7 +132,8 @@ class RNNSpace(SearchSpace):
             eval_data=text.make_eval_dataset(corpus.valid, cfg.eval_batch_size, cfg.bptt),
             network_args={"vocab_size": corpus.vocab_size},
             summary={"dataset": corpus.name, "vocab_size": corpus.vocab_size, "weight_tokens": int(len(weight_ids)),
-                     "alpha_tokens": int(len(alpha_ids)), "valid_tokens": int(len(corpus.valid))},
+                     "alpha_tokens": int(len(alpha_ids)), "alpha_text": cfg.alpha_text,
+                     "valid_tokens": int(len(corpus.valid))},
             extra=corpus)
 
     def build_supernet(self, cfg, data):

@@ -18,5 +18,9 @@ flags.DEFINE_float("dropouth", 0.25, "Recurrent search: dropout on the hidden st
 flags.DEFINE_float("dropoutx", 0.75, "Recurrent search: dropout on the cell input x_t.")
 flags.DEFINE_float("dropouti", 0.2, "Recurrent search: locked dropout on the embeddings.")
 flags.DEFINE_float("dropoute", 0.0, "Recurrent search: dropout of whole words of the embedding matrix.")
+flags.DEFINE_enum("alpha_text", "valid", ("valid", "train_split"),
+                  "Recurrent search: the text of the alpha steps: valid (the corpus's validation text, as the "
+                  "official search; all of the training text trains the weights and --split is unused) or "
+                  "train_split (the part of the training text that --split holds out).")
 flags.DEFINE_float("tar_beta", 1e-3, "Recurrent search: temporal activation regularization (slowness) weight "
                    "in the weight loss.")

@@ -20,7 +20,8 @@ Run directory:
     best.json              the best validation perplexity so far and its epoch
     model.keras            the best model (vocabulary and genotype in its config)
     summary.json           validation / test perplexity, parameters, wall time
-    plots/cell_recurrent.png
+    plots/cell_recurrent.png, plots/curves.png, plots/lr.png
+    report.html            the run's page, rewritten at each epoch end (epochs.json: per-epoch logs)
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
     import keras
     import tensorflow as tf
 
-    from dprime_tf import plots, runs
+    from dprime_tf import plots, report, runs, tb_steps
+    from dprime_tf.guard import NonFiniteGuard
+    from dprime_tf.progress import ProgressBar
     from dprime_tf.data import text
     from dprime_tf.spaces.rnn.network import PerplexityEvaluator, RNNModel, count_parameters
 
@@ -150,8 +153,6 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
             raise UserError(f"the {name} text ({len(ids)} tokens) is too short for batch size {batch}: "
                             "use a smaller batch size")
     run_dir = runs.prepare_run_dir(cfg.output_dir, cfg.resume)
-    if flags_text is not None:
-        runs.write_flags(run_dir, flags_text)
     columns = len(corpus.train) // cfg.batch_size
     per_pass = text.windows_per_pass(columns, cfg.bptt, "train", cfg.seed, 0, cfg.max_seq_len_delta)
     steps_per_epoch = min(cfg.steps_per_epoch, per_pass) if cfg.steps_per_epoch else per_pass
@@ -170,9 +171,14 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
     best_path = os.path.join(run_dir, "best.json")
     best = {"val_perplexity": None, "epoch": 0}
     start_step = 0
+    from dprime_tf import validation
+    settings = validation.identity(cfg, validation.TRAIN_IDENTITY)
+    checked = runs.resume_record(run_dir, "train", settings, [*trainer.weights, *trainer.optimizer.variables],
+                                 cfg.resume)
     if cfg.resume:
         runs.restore_latest(checkpoint, manager.directory, "resume with the run's own flags (they are re-read "
                             "from its flags.txt; do not change --emsize, --nhid or --batch_size)")
+        runs.note_resumed(run_dir, "train", settings, checked)
         start_step = int(trainer.step_counter.numpy())
         if os.path.exists(best_path):
             with open(best_path) as f:
@@ -183,7 +189,10 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
         runs.atomic_write(os.path.join(run_dir, "genotype.json"), genotype.to_json())
         runs.atomic_write(os.path.join(run_dir, "vocab.txt"), "".join(w + "\n" for w in corpus.vocab))
         plots.plot_recurrent_cell(os.path.join(run_dir, "plots", "cell_recurrent.png"), genotype, "recurrent cell")
-    if start_step >= steps_per_epoch * cfg.epochs:
+    if flags_text is not None:  # after a successful restore: a failed resume keeps the run's flags
+        runs.write_flags(run_dir, flags_text)
+    if start_step > steps_per_epoch * cfg.epochs or (start_step == steps_per_epoch * cfg.epochs
+                                                     and os.path.exists(os.path.join(run_dir, "summary.json"))):
         raise UserError(f"{run_dir} already finished its {cfg.epochs} epochs; raise --epochs to continue it")
 
     validate_ppl = PerplexityEvaluator(model, cfg.eval_batch_size, cfg.bptt)
@@ -205,14 +214,23 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
     history_cb = runs.StepHistory(os.path.join(run_dir, "history.csv"), STEP_LOGS, trainer.step_counter,
                                   resume_step=start_step)
     # EpochSummary (validation) before TensorBoard, so TensorBoard logs val_perplexity.
-    callbacks = [history_cb, runs.StepCheckpoint(manager, trainer.step_counter, cfg.checkpoint_every),
+    # The epoch's best model before its end-of-epoch checkpoint: a kill between them loses neither.
+    callbacks = [history_cb,
+                 NonFiniteGuard(("batch_loss", "grad_norm"), trainer.step_counter,
+                                advice=": lower --learning_rate or --grad_clip, then --resume"),
                  runs.EpochSummary(on_epoch_end),
+                 runs.StepCheckpoint(manager, trainer.step_counter, cfg.checkpoint_every,
+                                     steps_per_epoch=steps_per_epoch),
                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+                 tb_steps.for_rnn_training(run_dir, trainer, genotype),  # per-step TensorBoard scalars
+                 report.report_callback(run_dir, "train", trainer.step_counter),  # report.html each epoch
                  *extra_callbacks]
+    if cfg.verbose == 1:  # plain lines when stdout is not a terminal (Keras' bar writes ANSI escapes)
+        callbacks.append(ProgressBar(("loss", "perplexity", "lr"), steps_per_epoch, cfg.epochs))
     runs.fit_run(trainer, lambda step: text.make_stream(corpus.train, cfg.batch_size, cfg.bptt, "train", cfg.seed,
                                                       start_batch=step, max_delta=cfg.max_seq_len_delta),
                  trainer.step_counter, start_step, steps_per_epoch, cfg.epochs, callbacks, closing=[history_cb],
-                 verbose=cfg.verbose if cfg.verbose in (1, 2) else 0)
+                 verbose=2 if cfg.verbose == 2 else 0)
 
     from dprime_tf.spaces.rnn.network import load_model
     best_model = load_model(model_path) if os.path.exists(model_path) else model
@@ -231,5 +249,6 @@ def train_rnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra
         test = PerplexityEvaluator(best_model, cfg.test_batch_size, cfg.bptt)(corpus.test)
         summary.update(test_perplexity=test["perplexity"], test_tokens=test["tokens"])
     runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    report.write_report(run_dir, "train", finished=True)
     summary["run_dir"] = run_dir
     return summary

@@ -1,0 +1,67 @@
+"""A diverged run stops at its first non-finite step, keeps its last good checkpoint, marks `nan`."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dprime_tf import runs
+from dprime_tf.guard import Diverged, NonFiniteGuard
+from dprime_tf.search_job import SearchConfig, run_search
+
+
+class _Model:
+    stop_training = False
+
+
+def _guard():
+    step = tf.Variable(8, dtype=tf.int64)
+    guard = NonFiniteGuard(("batch_loss", "fi", "batch_alpha_loss"), step,
+                           applies_if={"batch_alpha_loss": "alpha_step"})
+    guard.set_model(_Model())
+    return guard
+
+
+def test_guard_names_the_step_and_the_quantity():
+    guard = _guard()
+    guard.on_train_batch_end(0, {"batch_loss": 2.3, "fi": 10.0, "alpha_step": 0.0, "batch_alpha_loss": np.nan})
+    with pytest.raises(Diverged, match=r"^step 7: the gradient information FI .* is inf; the run stopped"):
+        guard.on_train_batch_end(0, {"batch_loss": 2.3, "fi": np.inf, "alpha_step": 0.0})
+    with pytest.raises(Diverged, match="step 7: the alpha loss is nan"):
+        _guard().on_train_batch_end(0, {"batch_loss": 2.3, "fi": 1.0, "alpha_step": 1.0,
+                                        "batch_alpha_loss": np.nan})
+    assert "\n" not in str(Diverged("x"))
+
+
+def test_history_writes_non_finite_values_explicitly(tmp_path):
+    step = tf.Variable(1, dtype=tf.int64)
+    h = runs.StepHistory(str(tmp_path / "history.csv"), ["batch_loss", "batch_alpha_loss", "alpha_step"], step,
+                         blank_unless={"batch_alpha_loss": "alpha_step"})
+    h.on_train_batch_end(0, {"batch_loss": np.nan, "batch_alpha_loss": np.nan, "alpha_step": 0.0})
+    step.assign(2)
+    h.on_train_batch_end(0, {"batch_loss": np.inf, "batch_alpha_loss": np.nan, "alpha_step": 1.0})
+    h.close()
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == ["step,batch_loss,batch_alpha_loss,alpha_step", "0,nan,,0", "1,inf,nan,1"]
+
+
+@pytest.mark.slow
+def test_diverging_search_stops_before_saving_the_bad_state(tmp_path):
+    """lr 1e38 overflows the weights within a few steps: the search stops with one line naming the
+    step, history.csv shows the non-finite value, the checkpoints are all of finite steps before it
+    and no genotype.json is written."""
+    out = tmp_path / "run"
+    cfg = SearchConfig(dataset="sample", output_dir=str(out), epochs=2, steps_per_epoch=6, batch_size=8,
+                       image_size=16, layers=3, init_channels=4, val_steps=1, checkpoint_every=2, verbose=0,
+                       learning_rate=1e38, learning_rate_min=1e38)
+    with pytest.raises(Diverged) as err:
+        run_search(cfg)
+    step = int(str(err.value).split(":")[0].split()[1])
+    h = runs.read_history(out / "history.csv")
+    assert h["step"][-1] == step
+    assert not (np.isfinite(h["batch_loss"][-1]) and np.isfinite(h["fi"][-1]))
+    assert np.isfinite(h["batch_loss"][:-1]).all() and np.isfinite(h["fi"][:-1]).all()
+    assert not (out / "genotype.json").exists()
+    # Checkpoints are numbered by the steps done: none holds the bad step's result (step + 1 done).
+    saved = tf.train.get_checkpoint_state(str(out / "checkpoints"))
+    numbers = [int(p.rsplit("-", 1)[1]) for p in (saved.all_model_checkpoint_paths if saved else [])]
+    assert all(n <= step for n in numbers), (numbers, step)
