@@ -26,6 +26,10 @@ pytestmark = pytest.mark.golden
 
 PATHS = trajectory_paths()
 FREE_STEPS = 3
+# The official code itself, replayed from trajectory_admm.npz (torch 2.13 CPU, float32 and float64
+# alike), gives FI 26.90 at step 1 where the recording says 26.27 (2.4%; loss at step 2 +8e-4):
+# this golden's dynamics are reproducible for one step only. Ours: 26.67.
+FREE_STEPS_OF = {"admm": 1}
 
 
 def _search(data, cls=BilevelSearch):
@@ -74,8 +78,9 @@ def test_lr_and_clock_of_every_step(golden, free_run):
 
 def test_free_running_first_steps(golden, free_run):
     """(c) loss and FI of the first steps (after that FI's chaos takes over)."""
-    np.testing.assert_allclose(free_run["batch_loss"][:FREE_STEPS], golden["loss"][:FREE_STEPS], rtol=1e-4)
-    np.testing.assert_allclose(free_run["fi"][:FREE_STEPS], golden["fi"][:FREE_STEPS], rtol=1e-3)
+    n = FREE_STEPS_OF.get(golden["cfg"]["reg"], FREE_STEPS)
+    np.testing.assert_allclose(free_run["batch_loss"][:n], golden["loss"][:n], rtol=1e-4)
+    np.testing.assert_allclose(free_run["fi"][:n], golden["fi"][:n], rtol=1e-3)
     np.testing.assert_array_equal(free_run["alpha_step"][:FREE_STEPS], golden["alpha_step"][:FREE_STEPS])
     differ = np.flatnonzero(free_run["alpha_step"] != golden["alpha_step"])
     first = int(differ[0]) if len(differ) else None
