@@ -1,7 +1,7 @@
 """python -m dprime_tf.show (dprime-show): look at genotypes without TensorFlow.
 
     dprime-show list                                   # the published genotypes it knows
-    dprime-show draw DARTS_V2                          # cell_normal.png, cell_reduce.png in --output_dir
+    dprime-show draw DARTS_V2                          # cell_normal.png, cell_reduce.png in --plot_dir
     dprime-show draw runs/search-X                     # a run directory, a genotype.json, JSON text
     dprime-show draw "Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)"
     dprime-show draw DARTS_V2 --space=rnn              # the published recurrent cell
@@ -31,7 +31,7 @@ from dprime_tf.errors import UserError
 from dprime_tf.genotype import GenotypeError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", ".", "draw: where to write the cell diagrams (PNG).")
+flags.DEFINE_string("plot_dir", ".", "draw: where to write the cell diagrams (PNG).")
 flags.DEFINE_string("prefix", "cell", "draw: file names are <prefix>_<cell>.png (cell_normal.png, ...).")
 flags.DEFINE_enum("space", None, ["cnn", "rnn"], "The space of a published name (default cnn); "
                   "files and strings say their own.")
@@ -274,9 +274,9 @@ def main(argv):
     loaded = [load_any(a, FLAGS.space) for a in args]
     if command == "draw":
         space, genotype, label = loaded[0]
-        out = os.path.abspath(FLAGS.output_dir)
+        out = os.path.abspath(FLAGS.plot_dir)
         if os.path.exists(out) and not os.path.isdir(out):
-            raise UserError(f"--output_dir {out} is a file, not a directory")
+            raise UserError(f"--plot_dir {out} is a file, not a directory")
         print(f"{label} ({space.name} space)")
         print("\n".join(f"  {line}" for line in space.genotype_lines(genotype)))
         print(json.dumps(genotype.to_dict()))

@@ -64,13 +64,13 @@ def test_diff_names_the_changed_edges():
 
 
 def test_cli_draws_diffs_lists_and_rejects_in_one_line(tmp_path):
-    proc = show("draw", DARTS_V2_STRING, f"--output_dir={tmp_path}")
+    proc = show("draw", DARTS_V2_STRING, f"--plot_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     for kind in ("normal", "reduce"):
         assert (tmp_path / f"cell_{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     genotype_file = tmp_path / "genotypes.py"
     genotype_file.write_text(f"DARTS_V2 = {RNN_DARTS_V2_STRING}\n")
-    proc = show("draw", str(genotype_file), f"--output_dir={tmp_path}", "--prefix=rnn")
+    proc = show("draw", str(genotype_file), f"--plot_dir={tmp_path}", "--prefix=rnn")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rnn_recurrent.png").read_bytes()[:4] == b"\x89PNG"
     proc = show("diff", "DARTS_V1", DARTS_V2_STRING)
@@ -83,3 +83,13 @@ def test_cli_draws_diffs_lists_and_rejects_in_one_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_show_imports_beside_the_other_commands():
+    """absl flags are process-global: dprime-show must not define a flag that the commands the
+    tests and the Python API import beside it (search and tune, or train) define too."""
+    for code in ("import dprime_tf.search, dprime_tf.tune, dprime_tf.show",
+                 "import dprime_tf.show, dprime_tf.train", "import dprime_tf.show, dprime_tf.evaluate"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+        assert proc.returncode == 0, (code, proc.stderr[-2000:])
