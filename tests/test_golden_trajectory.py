@@ -80,7 +80,11 @@ def test_free_running_first_steps(golden, free_run):
     """(c) loss and FI of the first steps (after that FI's chaos takes over)."""
     n = FREE_STEPS_OF.get(golden["cfg"]["reg"], FREE_STEPS)
     np.testing.assert_allclose(free_run["batch_loss"][:n], golden["loss"][:n], rtol=1e-4)
-    np.testing.assert_allclose(free_run["fi"][:n], golden["fi"][:n], rtol=1e-3)
+    # Step 0 starts from the golden's own weights; after it, float32 summation order (oneDNN's
+    # thread split differs between a busy and an idle machine: measured 2.8e-4 at step 1 and
+    # 3.5e-3 at step 2 in CI, 1e-4 when idle) is amplified by FI's chaos, hence 1e-2 after step 0.
+    np.testing.assert_allclose(free_run["fi"][:1], golden["fi"][:1], rtol=1e-4)
+    np.testing.assert_allclose(free_run["fi"][:n], golden["fi"][:n], rtol=1e-2)
     np.testing.assert_array_equal(free_run["alpha_step"][:FREE_STEPS], golden["alpha_step"][:FREE_STEPS])
     differ = np.flatnonzero(free_run["alpha_step"] != golden["alpha_step"])
     first = int(differ[0]) if len(differ) else None
