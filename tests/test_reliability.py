@@ -174,6 +174,39 @@ def test_image_pixel_cap(tmp_path):
     assert images.image_dimensions(_png_header(32, 24)) == (32, 24)
 
 
+def _sample_jpeg(i):
+    with np.load(os.path.join(ROOT, "dprime_tf", "data", "cifar10_sample.npz")) as f:
+        return f["jpeg"][f["offsets"][i]:f["offsets"][i + 1]].tobytes()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "the JPEG is truncated (it ends before its end-of-image marker): copy it again or remove it"),
+    ("corrupt", "not a valid jpg/jpeg/png/bmp/gif file"),  # a bogus Huffman table, full length
+])
+def test_bad_jpeg_in_a_folder_is_one_line_without_libjpeg_text(damage, message, tmp_path):
+    """libjpeg writes its own lines to stderr whatever TensorFlow's log level ("Improper call to
+    JPEG library in state 201", "Bogus Huffman table definition", "Corrupt JPEG data: ..."), once
+    for the parallel decode and once for the retry that names the file: only the one line shows."""
+    data = tmp_path / "data"
+    for c in range(2):
+        (data / f"c{c}").mkdir(parents=True)
+        for j in range(10):
+            (data / f"c{c}" / f"{j:02d}.jpg").write_bytes(_sample_jpeg(10 * c + j))
+    bad, blob = data / "c0" / "03.jpg", _sample_jpeg(3)
+    if damage == "truncated":
+        bad.write_bytes(blob[:len(blob) // 2])
+    else:
+        i = blob.index(b"\xff\xc4")  # DHT: its 16 code counts all 255
+        bad.write_bytes(blob[:i + 5] + b"\xff" * 16 + blob[i + 21:])
+    proc = cli("dprime_tf.search", f"--dataset=folder:{data}", "--image_size=16", "--layers=3", "--init_channels=4",
+               "--batch_size=4", "--verbose=0", f"--output_dir={tmp_path / 'run'}")
+    one_line_error(proc, f"cannot decode image {bad}: {message}")
+    out = proc.stdout + proc.stderr
+    assert out.strip().splitlines() == [f"error: cannot decode image {bad}: {message}"], out
+    for libjpeg in ("JPEG library", "Huffman", "Corrupt JPEG", "Premature end"):
+        assert libjpeg not in out, out
+
+
 def test_oracle_binds_localhost_unless_given(capsys):
     from dprime_tf import tuning
     env = {"KERASTUNER_ORACLE_PORT": "8000"}
@@ -470,6 +503,42 @@ def test_concurrent_export_keeps_both_models_config_entries(tmp_path, monkeypatc
     pipeline.export_model(str(path), str(base), "mine", 1, fresh_process_check=False, log=lambda s: None)
     text = (base / "models.config").read_text()
     assert 'name: "other"' in text and 'name: "mine"' in text
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_two_export_processes_at_once_keep_both_models_config_entries(tmp_path):
+    """Two `python -m export` processes into one --export_base, started together with different
+    --name: each read models.config before converting, and each re-reads it under the base
+    directory's lock at commit, so both entries (and the one already there) are in it."""
+    import keras
+
+    from dprime_tf.spaces.cnn.genotype import DARTS_V2
+    from dprime_tf.spaces.cnn.network import build_cifar_network
+    from export import layout
+    model = build_cifar_network(DARTS_V2, init_channels=4, layers=3, auxiliary=False)
+    model(np.zeros((1, 32, 32, 3), np.float32))
+    path = tmp_path / "model.keras"
+    model.save(str(path))
+    keras.backend.clear_session()
+    base = tmp_path / "exports"
+    base.mkdir()
+    (base / "models.config").write_text(layout.models_config_text(None, "other", "/srv/models/other"))
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = {name: subprocess.Popen([sys.executable, "-m", "export", f"--model={path}", f"--export_base={base}",
+                                     f"--name={name}", "--version=1", "--parity_images=2",
+                                     "--nofresh_process_check"],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("first", "second")}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (name, err[-2000:])
+    text = (base / "models.config").read_text()
+    config = layout.validate_models_config(text)
+    assert sorted(c.name for c in config.model_config_list.config) == ["first", "other", "second"], text
+    for name in ("first", "second"):
+        assert (base / name / "1" / "saved_model.pb").is_file()
+        assert f"base_path: \"{base / name}\"" in text, text
 
 
 @pytest.mark.slow

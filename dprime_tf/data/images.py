@@ -33,10 +33,13 @@ part trains weights, the rest the architecture, see `split_indices`) is
 class-balanced. tfds CIFAR keeps the tfds order, which is already mixed.
 """
 
+import contextlib
 import dataclasses
 import fractions
 import os
 import socket
+import sys
+import tempfile
 import urllib.request
 
 import numpy as np
@@ -320,10 +323,77 @@ def image_dimensions(blob: bytes):
     return None
 
 
+def jpeg_truncated(blob: bytes) -> bool:
+    """Whether a JPEG ends before its end-of-image marker (a cut-off download or copy)."""
+    if blob[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(blob)
+    while True:
+        start = i
+        while i < n and blob[i] == 0xFF:  # a marker, after any fill bytes
+            i += 1
+        if i >= n:
+            return True
+        if i == start:
+            return False  # no marker where one belongs: corrupt, not cut off
+        marker, i = blob[i], i + 1
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            continue
+        if i + 2 > n:
+            return True
+        i += (blob[i] << 8) | blob[i + 1]
+        if marker == 0xDA:  # entropy-coded data: up to the next marker (FF 00 and restarts are data)
+            while True:
+                i = blob.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return True
+                if blob[i + 1] == 0xFF:
+                    i += 1
+                elif blob[i + 1] == 0x00 or 0xD0 <= blob[i + 1] <= 0xD7:
+                    i += 2
+                else:
+                    break
+
+
+@contextlib.contextmanager
+def _libjpeg_stderr_held():
+    """libjpeg (inside TensorFlow's decoders) writes its warnings and errors straight to the
+    process's stderr, e.g. "Corrupt JPEG data: premature end of data segment", whatever the
+    log level. Holds fd 2 in a temporary file meanwhile: the text is written out afterwards,
+    unless a bad file became a UserError (its one line says what libjpeg did)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+        held = tempfile.TemporaryFile()
+    except OSError:  # no usable stderr: nothing to hold
+        yield
+        return
+    replay = True
+    try:
+        os.dup2(held.fileno(), 2)
+        yield
+    except UserError:
+        replay = False
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        with held:
+            if replay:
+                held.seek(0)
+                text = held.read()
+                while text:
+                    text = text[os.write(2, text):]
+
+
 def _decode_all(blobs, names, size=None):
     """Decodes encoded images in parallel with tf.data, resizing those not of `size`.
 
-    On a failure, decodes one by one to name the bad file in a UserError.
+    On a failure, decodes one by one to name the bad file in a UserError (without
+    libjpeg's own lines on stderr).
     """
     def decode(blob):
         image = tf.io.decode_image(blob, channels=3, expand_animations=False)
@@ -333,18 +403,22 @@ def _decode_all(blobs, names, size=None):
         same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size))
         return tf.cond(same, lambda: image, lambda: _resize(image, size))
 
-    try:
-        dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(blobs, tf.string))
-                   .map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(1024))
-        return np.concatenate([batch.numpy() for batch in dataset])
-    except (tf.errors.OpError, ValueError):
-        for name, blob in zip(names, blobs):
-            try:
-                tf.io.decode_image(blob, channels=3, expand_animations=False)
-            except (tf.errors.OpError, ValueError):
-                raise UserError(f"cannot decode image {name}: not a valid "
-                                f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file") from None
-        raise  # not a problem of one file
+    with _libjpeg_stderr_held():
+        try:
+            dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(blobs, tf.string))
+                       .map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(1024))
+            return np.concatenate([batch.numpy() for batch in dataset])
+        except (tf.errors.OpError, ValueError):
+            for name, blob in zip(names, blobs):
+                try:
+                    tf.io.decode_image(blob, channels=3, expand_animations=False)
+                except (tf.errors.OpError, ValueError):
+                    if jpeg_truncated(blob):
+                        raise UserError(f"cannot decode image {name}: the JPEG is truncated (it ends before "
+                                        "its end-of-image marker): copy it again or remove it") from None
+                    raise UserError(f"cannot decode image {name}: not a valid "
+                                    f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file") from None
+            raise  # not a problem of one file
 
 
 def _resize(images, size):
