@@ -370,3 +370,33 @@ def plot_tuning(path, trials: list[dict], objective: str, direction: str, best: 
                 bbox=dict(boxstyle="round", fc="#f6f6f6", ec="0.7"))
     ax.set_title(f"{len(done)} of {len(trials)} trials completed")
     _save(fig, path)
+
+
+def plot_per_method(path, values: dict, ylabel: str, title: str):
+    """A box per method with every trial as a point (seeds side by side): a study's
+    test error, alpha-step rate or search time."""
+    names = [m for m, v in values.items()]
+    fig = _figure((max(4.5, 1.3 * len(names) + 2), 3.8))
+    ax = fig.subplots()
+    data = [np.asarray(values[m], dtype=float) for m in names]
+    if any(len(d) for d in data):
+        positions = np.arange(1, len(names) + 1)
+        boxes = [(p, d) for p, d in zip(positions, data) if len(d) > 1]
+        if boxes:
+            ax.boxplot([d for _, d in boxes], positions=[p for p, _ in boxes], widths=0.5, showfliers=False,
+                       medianprops=dict(color="C1"))
+        rng = np.random.default_rng(0)
+        for k, (p, d) in enumerate(zip(positions, data)):
+            if len(d):
+                ax.plot(p + rng.uniform(-0.12, 0.12, len(d)), d, "o", color=f"C{k % 10}", alpha=0.8, ms=6)
+        ax.set_xticks(positions)
+        ax.set_xticklabels([f"{m}\n(n={len(d)})" for m, d in zip(names, data)])
+        ax.set_xlim(0.4, len(names) + 0.6)
+        ax.margins(y=0.15)
+    else:
+        ax.text(0.5, 0.5, "no finished trial yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)

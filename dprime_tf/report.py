@@ -223,6 +223,19 @@ def _table(rows, header=None) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def markdown_table_html(text: str) -> str:
+    """A Markdown pipe table (and the plain paragraphs after it) as HTML: results.md on a page."""
+    rows, paragraphs = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                rows.append(cells)
+        elif line.strip():
+            paragraphs.append(f"<p>{html.escape(line.strip())}</p>")
+    return (_table(rows[1:], rows[0]) if rows else "") + "".join(paragraphs)
+
+
 def _figures(items) -> str:
     return "".join(f"<figure><img src='{html.escape(src)}' alt='{html.escape(cap)}'>"
                    f"<figcaption>{html.escape(cap)}</figcaption></figure>" for src, cap in items)

@@ -30,6 +30,7 @@ SCRIPTS = {
     "dprime-bench": "dprime_tf.bench",
     "dprime-export": "dprime_tf.export.__main__",
     "dprime-show": "dprime_tf.show",
+    "dprime-study": "dprime_tf.study",
 }
 
 # The command each shipped flagfile is written for (a new flagfile needs a line here).
@@ -47,6 +48,9 @@ FLAGFILE_COMMAND = {
     "ptb_train.flags": RNN_TRAIN,
     "ptb_train_quick.flags": RNN_TRAIN,
     "tune.flags": "dprime_tf.tune",
+    "study_cifar.flags": "dprime_tf.study",
+    "study_cpu.flags": "dprime_tf.study",
+    "study_smoke.flags": "dprime_tf.study",
 }
 
 

@@ -73,6 +73,22 @@ class Genotype(GenotypeFiles):
         return PUBLISHED
 
     @classmethod
+    def random(cls, seed: int) -> "Genotype":
+        """A cell drawn uniformly, as DARTS's random-search baseline: per node two distinct
+        inputs among the earlier states and, per edge, an op other than `none`."""
+        rng = np.random.default_rng(seed)
+        ops = [p for p in CNN_PRIMITIVES if p != "none"]
+        gene = {}
+        for kind in ("normal", "reduce"):
+            pairs = []
+            for node in range(2, 2 + CNN_STEPS):
+                for index in sorted(rng.choice(node, size=2, replace=False)):
+                    pairs.append((ops[rng.integers(len(ops))], int(index)))
+            gene[kind] = tuple(pairs)
+        concat = tuple(range(2, 2 + CNN_STEPS))
+        return cls(gene["normal"], concat, gene["reduce"], concat)
+
+    @classmethod
     def from_dict(cls, data) -> "Genotype":
         if not isinstance(data, dict):
             raise GenotypeError("genotype JSON must be an object with keys normal, normal_concat, reduce, reduce_concat")

@@ -61,6 +61,15 @@ class RecurrentGenotype(GenotypeFiles):
         return PUBLISHED
 
     @classmethod
+    def random(cls, seed: int, steps: int = RNN_STEPS) -> "RecurrentGenotype":
+        """A cell drawn uniformly, as DARTS's random-search baseline: per node one
+        predecessor among the earlier states and an op other than `none`."""
+        rng = np.random.default_rng(seed)
+        ops = [p for p in RNN_PRIMITIVES if p != "none"]
+        nodes = tuple((ops[rng.integers(len(ops))], int(rng.integers(node))) for node in range(1, steps + 1))
+        return cls(nodes, tuple(range(1, steps + 1)))
+
+    @classmethod
     def from_dict(cls, data) -> "RecurrentGenotype":
         if not isinstance(data, dict) or "recurrent" not in data:
             hint = " (this is a CNN genotype)" if isinstance(data, dict) and "normal" in data else ""
