@@ -23,6 +23,8 @@ import numpy as np
 
 NOISE_RATIO = 3.0
 DECIDED_RATIO = 10.0
+# The numbers a search adds to each epoch's logs (epochs.json, TensorBoard, the report's epoch table).
+LOGGED = ("margin_ratio", "edge_margin_ratio", "choices_changed")
 
 
 def op_margins(weights, none_index: int = 0):
@@ -69,6 +71,13 @@ def decisiveness(weights: dict, initial_weights: dict, none_index: int = 0, num_
         result["edge_margin_ratio"] = _ratio(float(np.median(edges_now)), float(np.median(edges_init)))
     result["verdict"] = verdict(min(result["margin_ratio"], result.get("edge_margin_ratio", float("inf"))))
     return result
+
+
+def describe(measure: dict) -> str:
+    """The measure in a few words for the epoch line: both ratios, the share changed, the verdict."""
+    edges = measure.get("edge_margin_ratio")
+    return (f"margin ops {measure['margin_ratio']:.1f}x" + (f", edges {edges:.1f}x" if edges is not None else "")
+            + f" initial, {100 * measure['choices_changed']:.0f}% ops changed ({measure['verdict']})")
 
 
 def verdict(ratio: float) -> str:

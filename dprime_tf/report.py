@@ -244,19 +244,19 @@ def _figures(items) -> str:
 def _epoch_table(epochs: list[dict], decisive: list[dict]) -> str:
     if not epochs:
         return ""
-    skip = {"epoch", "step", "time"}
+    skip = {"epoch", "step", "time", "margin_ratio", "edge_margin_ratio", "choices_changed"}
     keys = []
     for e in epochs:
         keys += [k for k in e if k not in skip and k not in keys and not k.startswith("batch_")
                  and k not in ("progress", "alpha_step")]
     by_epoch = {d.get("epoch"): d for d in decisive or []}
-    extra = ["margin x initial", "verdict"] if by_epoch else []
+    extra = ["op margin x initial", "edge margin x initial", "ops changed", "verdict"] if by_epoch else []
     rows = []
     for e in epochs[-60:]:
         d = by_epoch.get(e["epoch"], {})
         row = [e["epoch"], None if e.get("step") is None else e["step"] + 1] + [e.get(k) for k in keys]
         if extra:
-            row += [d.get("margin_ratio"), d.get("verdict", "")]
+            row += [d.get("margin_ratio"), d.get("edge_margin_ratio"), d.get("choices_changed"), d.get("verdict", "")]
         rows.append(row)
     note = f"<p class='meta'>the last 60 of {len(epochs)} epochs</p>" if len(epochs) > 60 else ""
     return note + f"<div class='wide'>{_table(rows, ['epoch', 'steps done', *keys, *extra])}</div>"

@@ -124,7 +124,9 @@ def validate(cfg: SearchConfig) -> None:
         (cfg.threshold_multiplier > 1.0, "--threshold_multiplier (m) must be > 1"),
         (cfg.init_alpha_threshold > 0, "--init_alpha_threshold (the starting tau) must be > 0"),
         (0 < cfg.fi_ewma_beta <= 1, "--fi_ewma_beta must be in (0, 1]"),
-        (cfg.learning_rate > 0 and cfg.arch_learning_rate > 0, "learning rates must be > 0"),
+        (cfg.learning_rate > 0, f"--learning_rate must be > 0, got {cfg.learning_rate}"),
+        # 0 freezes the alphas at their initial values (a control: the genotype is then the random start's)
+        (cfg.arch_learning_rate >= 0, f"--arch_learning_rate must be >= 0, got {cfg.arch_learning_rate}"),
         (0 <= cfg.learning_rate_min <= cfg.learning_rate, "--learning_rate_min must be in [0, --learning_rate]"),
         (0 <= cfg.momentum < 1, "--momentum must be in [0, 1)"),
         (cfg.grad_clip > 0, "--grad_clip must be > 0"),
@@ -224,6 +226,8 @@ class SearchJob:
             last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
             genotype = net.genotype()
             measures[epoch:] = [{"epoch": epoch + 1, **self._decisiveness(initial)}]
+            # into the epoch's logs: the callbacks after this one record them (epochs.json, TensorBoard)
+            logs.update({k: v for k, v in measures[-1].items() if k in decisiveness.LOGGED})
             val_loss = float(logs.get("val_loss", float("nan")))
             improved = not best or val_loss < best["val_loss"] or best["epoch"] > epoch  # (> epoch: a rerun epoch)
             if improved and np.isfinite(val_loss):
@@ -330,7 +334,7 @@ class SearchJob:
         cells = "".join(f"\n  {line}" for line in self.space.genotype_lines(genotype))
         return (f"epoch {epoch + 1}: loss {logs.get('loss', nan):.4f} {metric} {fmt(logs.get(metric, nan))}{val} "
                 f"alpha steps {int(self.search.alpha_steps.numpy())}/{int(self.search.search_step.numpy())} "
-                f"margin {measure['margin_ratio']:.1f}x initial ({measure['verdict']}){cells}")
+                f"{decisiveness.describe(measure)}{cells}")
 
     def _write_plots(self, alpha_hist, genotype, history=False):
         pdir = os.path.join(self.run_dir, "plots")

@@ -246,24 +246,11 @@ def _train_phase(study: Study, method: str, seed: int, genotype: str, strategy, 
         cfg = dataclasses.replace(cfg, genotype=None)  # the run's own copy decides
     log(f"{method} seed {seed}: {'resuming the' if resume else 'running its'} training ({cfg.output_dir})")
     clock = PhaseClock(os.path.dirname(cfg.output_dir), "train_seconds")
-    summary = run_training(dataclasses.replace(cfg, resume=resume), strategy, flags_text=train_flags_text(cfg),
+    from dprime_tf.tuning import flags_text
+    summary = run_training(dataclasses.replace(cfg, resume=resume), strategy, flags_text=flags_text(cfg, exclude={"resume"}),
                            extra_callbacks=[clock.callback()])
     clock.record()
     return summary
-
-
-def train_flags_text(cfg: TrainConfig) -> str:
-    """`cfg` as a flagfile of `python -m dprime_tf.train` (the training run's flags.txt)."""
-    lines = []
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if field.name == "resume" or value is None:
-            continue
-        if isinstance(value, bool):
-            lines.append(f"--{field.name}" if value else f"--no{field.name}")
-        else:
-            lines.append(f"--{field.name}={value}")
-    return "\n".join(lines) + "\n"
 
 
 def _baseline_genotype(study: Study, method: str, seed: int) -> str:

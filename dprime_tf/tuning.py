@@ -203,12 +203,13 @@ def make_oracle(name: str, objective: keras_tuner.Objective, *, max_trials: int,
 _NOT_FLAGS = {"output_dir", "resume", "until_epoch", "search_space"}
 
 
-def flags_text(cfg: SearchConfig, header: str = "") -> str:
-    """`cfg` as a flagfile that `python -m dprime_tf.search --flagfile=...` accepts."""
+def flags_text(cfg, header: str = "", exclude=_NOT_FLAGS) -> str:
+    """A run config (SearchConfig, TrainConfig) as a flagfile of its command
+    (`python -m dprime_tf.search --flagfile=...`): every set field but `exclude`."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
-        if field.name in _NOT_FLAGS or value is None:
+        if field.name in exclude or value is None:
             continue
         if isinstance(value, bool):
             lines.append(f"--{field.name}" if value else f"--no{field.name}")

@@ -53,3 +53,49 @@ def test_edge_margins_follow_the_genotype_rule():
     sharp_ops_tied_edges = {"normal": np.array([[0.0, 0.99, 0.01]] * 5)}
     result = decisiveness(sharp_ops_tied_edges, init, num_inputs=2, keep=2)
     assert result["edge_margin_ratio"] == 0.0 and result["verdict"] == "within initialisation noise"
+
+
+# -- the measure on real searches (issue: decided by the search or by initial noise) ----------
+def _quick_flags(**overrides):
+    """configs/quick.flags as a SearchConfig (its flags are plain --name=value lines)."""
+    import dataclasses
+    import os
+
+    from dprime_tf.search_job import SearchConfig
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quick.flags")
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    values = {}
+    for line in open(path):
+        if line.startswith("--"):
+            name, _, value = line[2:].strip().partition("=")
+            assert name in fields, name
+            for kind in (int, float, str):
+                try:
+                    values[name] = kind(value)
+                    break
+                except ValueError:
+                    pass
+    return SearchConfig(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_quick_settings_decide_the_genotype_and_a_frozen_alpha_does_not(tmp_path):
+    from dprime_tf.search_job import run_search
+    # quick.flags as shipped, stopped after 2 of its 4 epochs (the schedules still span 4):
+    # its first alpha steps come in epoch 2 (tau must first grow to FI's EWMA)
+    quick = _quick_flags(output_dir=str(tmp_path / "quick"), until_epoch=2, verbose=0)
+    assert quick.arch_learning_rate == 1e-2 and quick.epochs == 4
+    summary = run_search(quick)
+    assert summary["alpha_steps"] >= 2
+    measure = summary["decisiveness"]
+    assert measure["verdict"] == "decided by the search", measure
+    assert min(measure["margin_ratio"], measure["edge_margin_ratio"]) >= 10
+    # a search whose alphas are frozen (alpha lr 0) keeps the initial winners, however many alpha
+    # steps it takes (here one after every weight step, on a tiny network): undecided
+    frozen = run_search(_quick_flags(output_dir=str(tmp_path / "frozen"), until_epoch=0, epochs=1,
+                                     steps_per_epoch=12, schedule="fixed", schedfreq=1, image_size=16, layers=3,
+                                     init_channels=4, val_steps=1, verbose=0, arch_learning_rate=0.0))
+    assert frozen["alpha_steps"] == 12
+    assert frozen["decisiveness"]["verdict"] == "within initialisation noise"
+    assert frozen["decisiveness"]["margin_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert frozen["decisiveness"]["choices_changed"] == 0.0
