@@ -476,20 +476,26 @@ def test_resume_checks(reference, tmp_path):
     assert not os.path.exists(os.path.join(out, "genotype.json"))
 
 
-@pytest.mark.slow
-def test_concurrent_export_keeps_both_models_config_entries(tmp_path, monkeypatch):
-    """models.config is re-read under the base directory's lock at commit: an entry another
-    export added while this one was converting is kept."""
+def _tiny_saved_network(tmp_path):
+    """A 3-cell, 4-channel DARTS_V2 network saved as tmp_path/model.keras."""
     import keras
 
     from dprime_tf.spaces.cnn.genotype import DARTS_V2
     from dprime_tf.spaces.cnn.network import build_cifar_network
-    from export import layout, pipeline, saved_model
     model = build_cifar_network(DARTS_V2, init_channels=4, layers=3, auxiliary=False)
     model(np.zeros((1, 32, 32, 3), np.float32))
     path = tmp_path / "model.keras"
     model.save(str(path))
     keras.backend.clear_session()
+    return path
+
+
+@pytest.mark.slow
+def test_concurrent_export_keeps_both_models_config_entries(tmp_path, monkeypatch):
+    """models.config is re-read under the base directory's lock at commit: an entry another
+    export added while this one was converting is kept."""
+    from export import layout, pipeline, saved_model
+    path = _tiny_saved_network(tmp_path)
     base = tmp_path / "exports"
     real_load = saved_model.load
 
@@ -511,16 +517,8 @@ def test_two_export_processes_at_once_keep_both_models_config_entries(tmp_path):
     """Two `python -m export` processes into one --export_base, started together with different
     --name: each read models.config before converting, and each re-reads it under the base
     directory's lock at commit, so both entries (and the one already there) are in it."""
-    import keras
-
-    from dprime_tf.spaces.cnn.genotype import DARTS_V2
-    from dprime_tf.spaces.cnn.network import build_cifar_network
     from export import layout
-    model = build_cifar_network(DARTS_V2, init_channels=4, layers=3, auxiliary=False)
-    model(np.zeros((1, 32, 32, 3), np.float32))
-    path = tmp_path / "model.keras"
-    model.save(str(path))
-    keras.backend.clear_session()
+    path = _tiny_saved_network(tmp_path)
     base = tmp_path / "exports"
     base.mkdir()
     (base / "models.config").write_text(layout.models_config_text(None, "other", "/srv/models/other"))
