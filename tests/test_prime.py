@@ -176,3 +176,30 @@ def test_admm_due_every_freq_minus_one_alpha_steps():
         counter = int(counter)
     assert updates == [9, 18]
     assert prime.ZU_EWMA == 1.0  # the script never passes zu_ewma: U = U + (alpha - Z)
+
+
+def test_init_alpha_threshold_sets_when_the_first_alpha_step_comes():
+    """tau starts at --init_alpha_threshold and grows by m per step until FI's EWMA is below it:
+    with a steady FI of 3 the first alpha step is at the first k with tau_0 * 1.05^k > 3."""
+    def first_alpha_step(tau):
+        s = prime.DynamicSchedule(schedfreq=10, m=1.05)
+        ewma = 0.0
+        for step in range(200):
+            take, tau = s.decide(step, ewma, tau)
+            if bool(take):
+                return step
+            ewma = s.observe(3.0, ewma, step)
+
+    assert first_alpha_step(1.0) == math.ceil(math.log(3.0) / math.log(1.05)) == 23
+    assert first_alpha_step(2.0) == math.ceil(math.log(1.5) / math.log(1.05)) == 9
+    assert first_alpha_step(4.0) == 1  # EWMA (3) is unset at step 0, below tau at step 1
+
+
+def test_fi_ewma_beta_defaults_per_space():
+    """The official CNN search smooths FI with beta 0.2; its recurrent search passes 1.0 (raw FI)."""
+    from dprime_tf import spaces
+    from dprime_tf.search_job import SearchConfig
+    cnn = spaces.get("cnn").resolve_search_config(SearchConfig(dataset="sample", fi_ewma_beta=None))
+    rnn = spaces.get("rnn").resolve_search_config(SearchConfig(dataset="ptb_sample", fi_ewma_beta=None))
+    assert (cnn.fi_ewma_beta, rnn.fi_ewma_beta) == (0.2, 1.0)
+    assert spaces.get("rnn").resolve_search_config(SearchConfig(dataset="ptb_sample", fi_ewma_beta=0.5)).fi_ewma_beta == 0.5
