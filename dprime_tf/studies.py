@@ -474,6 +474,12 @@ def results_markdown(study: Study, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def _csv_value(value):
+    if value is None:
+        return ""
+    return round(value, 10) if isinstance(value, float) else value  # 1 - 0.4744, not 0.5256000000000001
+
+
 def write_results(study: Study) -> list[dict]:
     """Rewrites results.csv, results.md, the plots and report.html from the trials' result.json."""
     from dprime_tf import plots
@@ -484,7 +490,7 @@ def write_results(study: Study) -> list[dict]:
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows([{k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows])
+    writer.writerows([{k: _csv_value(r.get(k)) for k in columns} for r in rows])
     atomic_write(os.path.join(study.study_dir, "results.csv"), out.getvalue())
     table = results_markdown(study, rows)
     atomic_write(os.path.join(study.study_dir, "results.md"), table)
