@@ -332,6 +332,7 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self):
         step = int(self.step_variable.numpy())
         if step != self._last:
+            _check_finite_weights(self.model, step)
             self.manager.save(checkpoint_number=step)  # a collective under multi-worker strategies
             if not self.is_chief:  # a non-chief worker's copy is scratch (TF's multi-worker pattern)
                 tf.io.gfile.rmtree(self.manager.directory)
@@ -344,6 +345,21 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()
+
+
+def _check_finite_weights(model, step: int) -> None:
+    """A one-line Diverged instead of a checkpoint of non-finite weights: a step can
+    have a finite loss and FI while its update overflows the weights (a huge learning
+    rate); the next checkpoint must not replace the last good one with them."""
+    if model is None:
+        return
+    bad = [w.path for w in model.weights if w.dtype in ("float16", "bfloat16", "float32", "float64")
+           and not np.isfinite(np.asarray(w.numpy())).all()]
+    if bad:
+        from dprime_tf.guard import Diverged
+        raise Diverged(f"step {step - 1}: {len(bad)} weight tensor(s) are not finite after it ({bad[0]}, ...); the "
+                       "run stopped without saving this state (the last good checkpoint is kept): lower "
+                       "--learning_rate, then --resume")
 
 
 class EpochSummary(keras.callbacks.Callback):

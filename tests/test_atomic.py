@@ -135,3 +135,22 @@ def test_staging_without_commit_leaves_nothing(tmp_path):
             stage.temp_dir(tmp_path / "c")
             raise RuntimeError("a check failed")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_file_then_its_directory_reach_the_disk(tmp_path, monkeypatch):
+    """fsync of the written file before the rename, of its directory after it (else a crash
+    right after the rename can lose the new directory entry)."""
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, os.path.isdir(path), os.path.exists(tmp_path / "out" / "a.json")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    atomic.atomic_write_json(str(tmp_path / "out" / "a.json"), {"a": 1})
+    files = [s for s in synced if not s[1]]
+    dirs = [s for s in synced if s[1]]
+    assert files and not files[0][2], synced  # the temporary, synced before the final name exists
+    assert dirs and dirs[-1][0] == str(tmp_path / "out") and dirs[-1][2], synced  # then the directory

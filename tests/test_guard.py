@@ -65,3 +65,46 @@ def test_diverging_search_stops_before_saving_the_bad_state(tmp_path):
     saved = tf.train.get_checkpoint_state(str(out / "checkpoints"))
     numbers = [int(p.rsplit("-", 1)[1]) for p in (saved.all_model_checkpoint_paths if saved else [])]
     assert all(n <= step for n in numbers), (numbers, step)
+
+
+@pytest.mark.slow
+def test_a_run_diverging_after_checkpoints_keeps_the_last_good_one(tmp_path):
+    """A search resumed with an absurd learning rate: its first new step (6) has a finite loss and
+    FI but blows the weights up, the next one's loss is nan: the run stops at step 7, and the
+    checkpoint it resumed from (all finite) is still the latest, so lowering the rate and resuming
+    again continues from good weights."""
+    out = tmp_path / "run"
+    cfg = SearchConfig(dataset="sample", output_dir=str(out), epochs=1, steps_per_epoch=6, batch_size=8,
+                       image_size=16, layers=3, init_channels=4, val_steps=1, checkpoint_every=2, verbose=0)
+    run_search(cfg)
+    before = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert before.endswith("-6")
+    import dataclasses
+    with pytest.raises(Diverged, match=r"^step 7: the weight loss is nan"):
+        run_search(dataclasses.replace(cfg, epochs=2, resume=True, learning_rate=1e38, learning_rate_min=1e38))
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")) == before
+    reader = tf.train.load_checkpoint(before)
+    values = [reader.get_tensor(name) for name, dtype in reader.get_variable_to_dtype_map().items()
+              if dtype.is_floating]
+    assert len(values) > 20 and all(np.isfinite(v).all() for v in values)
+    h = runs.read_history(out / "history.csv")
+    assert list(h["step"]) == list(range(8)) and np.isfinite(h["batch_loss"][:7]).all()
+    assert not np.isfinite(h["batch_loss"][7])
+
+
+def test_no_checkpoint_of_non_finite_weights(tmp_path):
+    """The checkpoint callback refuses to save weights that are not finite (a step whose
+    loss and FI were finite can still overflow them) and stops the run with one line."""
+    import keras
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    step = tf.Variable(5, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / "ck"), max_to_keep=2)
+    save = runs.StepCheckpoint(manager, step, every=1)
+    save.set_model(model)
+    save.on_train_batch_end(0)
+    assert tf.train.latest_checkpoint(str(tmp_path / "ck")).endswith("-5")
+    model.layers[0].kernel.assign([[1.0], [np.inf]])
+    step.assign(6)
+    with pytest.raises(Diverged, match=r"^step 5: 1 weight tensor\(s\) are not finite after it \(.*kernel"):
+        save.on_train_batch_end(0)
+    assert tf.train.latest_checkpoint(str(tmp_path / "ck")).endswith("-5")
