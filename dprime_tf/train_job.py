@@ -159,6 +159,10 @@ def run_training(cfg: TrainConfig, strategy=None, flags_text: str | None = None,
     if strategy is not None:
         validation.check_replicas(cfg.batch_size, strategy.num_replicas_in_sync)
     cfg = dataclasses.replace(cfg, resume=runlock.plan_resume(cfg.output_dir, cfg.resume, cfg.verbose))
+    if cfg.epochs == 1 and train_space(cfg).name == "cnn" and cfg.learning_rate_min < cfg.learning_rate and cfg.verbose:
+        print(f"note: a 1-epoch training runs at --learning_rate_min ({cfg.learning_rate_min:g}) throughout: the "
+              "cosine steps at the top of each epoch, as in the official code (epoch e trains at cosine(e+1)); "
+              "use more epochs or raise --learning_rate_min", flush=True)
     held = runlock.is_locked_here(cfg.output_dir)
     try:
         return train_space(cfg).train(cfg, genotype, strategy, flags_text, list(extra_callbacks))

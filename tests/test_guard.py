@@ -108,3 +108,21 @@ def test_no_checkpoint_of_non_finite_weights(tmp_path):
     with pytest.raises(Diverged, match=r"^step 5: 1 weight tensor\(s\) are not finite after it \(.*kernel"):
         save.on_train_batch_end(0)
     assert tf.train.latest_checkpoint(str(tmp_path / "ck")).endswith("-5")
+
+
+@pytest.mark.slow
+def test_diverging_training_stops_with_one_line(tmp_path):
+    """The final network's training has the same guard: lr 1e38 stops it at its first non-finite
+    step, before a checkpoint or model.keras of the bad state."""
+    from dprime_tf.train_job import TrainConfig, run_training
+    out = tmp_path / "train"
+    cfg = TrainConfig(genotype="DARTS_V2", dataset="sample", output_dir=str(out), epochs=1, steps_per_epoch=4,
+                      batch_size=8, image_size=16, init_channels=4, layers=3, auxiliary=False, cutout=0,
+                      drop_path_prob=0.0, checkpoint_every=100, verbose=0, learning_rate=1e38, learning_rate_min=1e38,
+                      grad_clip=1e38)
+    with pytest.raises(Diverged, match=r"^step \d+: the (weight )?loss is (nan|inf)") as err:
+        run_training(cfg)
+    step = int(str(err.value).split(":")[0].split()[1])
+    h = runs.read_history(out / "history.csv")
+    assert h["step"][-1] == step and not np.isfinite(h["loss"][-1] if "loss" in h else h["batch_loss"][-1])
+    assert not (out / "model.keras").exists() and not (out / "checkpoints").exists()
