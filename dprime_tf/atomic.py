@@ -44,6 +44,16 @@ def atomic_write_json(path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json_or(path, default=None):
+    """A JSON file's content, or `default` when it is missing or unreadable (files other
+    processes write atomically: a reader sees the old or the new content, never half)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
 def atomic_savez(path, **arrays) -> None:
     import io
 

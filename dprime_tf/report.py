@@ -35,21 +35,13 @@ import time
 
 import numpy as np
 
-from dprime_tf.atomic import atomic_write, atomic_write_json
+from dprime_tf.atomic import atomic_write, atomic_write_json, read_json_or
 
 REPORT = "report.html"
 EPOCHS = "epochs.json"
 
 
 # -- reading the run directory ------------------------------------------------------
-def _read_json(path, default=None):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
-
-
 def read_history(path: str) -> dict[str, np.ndarray]:
     """history.csv as float columns (empty cells NaN); {} if absent or empty. Rows a
     writer is still appending (a partial last line) are skipped."""
@@ -75,7 +67,7 @@ def record_epoch(run_dir: str, epoch: int, logs: dict, step: int | None = None) 
     """Stores the logs of `epoch` (0-based) in epochs.json, dropping the entries of that
     epoch and later ones (a resumed run repeats them); returns the list."""
     path = os.path.join(run_dir, EPOCHS)
-    entries = [e for e in _read_json(path, []) if e.get("epoch", 0) < epoch + 1]
+    entries = [e for e in read_json_or(path, []) if e.get("epoch", 0) < epoch + 1]
     entry = {"epoch": epoch + 1, "step": step, "time": round(time.time(), 1)}
     for key, value in (logs or {}).items():
         try:
@@ -95,7 +87,7 @@ def _genotype(run_dir: str, kind: str):
     path = os.path.join(run_dir, "genotype.json")
     if kind == "search" and latest and not os.path.exists(path):
         path = latest[-1]
-    data = _read_json(path)
+    data = read_json_or(path)
     if data is None:
         return None, None
     from dprime_tf import spaces
@@ -269,10 +261,10 @@ def write_report(run_dir: str, kind: str | None = None, finished: bool | None = 
     run_dir = os.path.abspath(run_dir)
     if kind is None:
         kind = "search" if os.path.exists(os.path.join(run_dir, "alpha_history.npz")) else "train"
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    summary = read_json_or(os.path.join(run_dir, "summary.json"))
     finished = summary is not None if finished is None else finished
-    epochs = _read_json(os.path.join(run_dir, EPOCHS), [])
-    decisive = _read_json(os.path.join(run_dir, "decisiveness.json"), [])
+    epochs = read_json_or(os.path.join(run_dir, EPOCHS), [])
+    decisive = read_json_or(os.path.join(run_dir, "decisiveness.json"), [])
     history = read_history(os.path.join(run_dir, "history.csv"))
     space, genotype = _genotype(run_dir, kind)
     pictures = _plots(run_dir, kind, space, genotype, history, epochs)

@@ -48,7 +48,7 @@ import keras_tuner
 import numpy as np
 
 from dprime_tf import runs, spaces
-from dprime_tf.atomic import atomic_write
+from dprime_tf.atomic import atomic_write, read_json_or
 from dprime_tf.errors import UserError
 from dprime_tf.search_job import SearchConfig
 from dprime_tf.train_job import TrainConfig
@@ -174,11 +174,7 @@ class PhaseClock:
         self.started = time.time()
 
     def read(self) -> dict:
-        try:
-            with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return read_json_or(self.path, {})
 
     def seconds(self) -> float:
         return self.base + time.time() - self.started
@@ -199,19 +195,11 @@ class PhaseClock:
         return _Record()
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _finished(run_dir: str, *files: str) -> dict | None:
     """The run's summary.json when the run finished (summary and `files` all written)."""
     if not all(os.path.isfile(os.path.join(run_dir, f)) for f in ("summary.json", *files)):
         return None
-    return _read_json(os.path.join(run_dir, "summary.json"))
+    return read_json_or(os.path.join(run_dir, "summary.json"))
 
 
 def _resumable(run_dir: str) -> bool:
@@ -267,7 +255,7 @@ def run_trial(study: Study, method: str, seed: int, strategy=None, log=print) ->
     """Runs (or resumes, or reads back) one trial; returns its result row (also result.json)."""
     trial_dir = study.trial_dir(method, seed)
     result_path = os.path.join(trial_dir, "result.json")
-    done = _read_json(result_path)
+    done = read_json_or(result_path)
     if done is not None:
         return done
     import keras
@@ -282,14 +270,14 @@ def run_trial(study: Study, method: str, seed: int, strategy=None, log=print) ->
     keras.backend.clear_session()
     gc.collect()
     train = _train_phase(study, method, seed, genotype, strategy, log)
-    test = _test_metric(study, train)
-    timing = _read_json(os.path.join(trial_dir, "timing.json")) or {}
+    test = _test_metric(study, train, study.train_config(genotype, method, seed).output_dir)
+    timing = read_json_or(os.path.join(trial_dir, "timing.json")) or {}
     row = result_row(study, method, seed, search, train, test, timing)
     runs.atomic_write_json(result_path, row)
     return row
 
 
-def _test_metric(study: Study, train: dict) -> float:
+def _test_metric(study: Study, train: dict, train_dir: str) -> float:
     """The trained network on the held-out test data."""
     if study.space.metric == "perplexity":
         value = train.get("test_perplexity")
@@ -297,8 +285,7 @@ def _test_metric(study: Study, train: dict) -> float:
             raise UserError(f"--dataset={study.search.dataset} has no test text to score the trained model on")
         return float(value)
     from dprime_tf import evaluation
-    return float(evaluation.score(train["run_dir"] if "run_dir" in train else os.path.dirname(train["model"]),
-                                  subset="test", quiet=True)["accuracy"])
+    return float(evaluation.score(train_dir, subset="test", quiet=True)["accuracy"])
 
 
 def compact_genotype(genotype: dict) -> str:
@@ -313,7 +300,7 @@ def compact_genotype(genotype: dict) -> str:
 def result_row(study: Study, method: str, seed: int, search: dict | None, train: dict, test: float,
                timing: dict) -> dict:
     genotype_path = os.path.join(study.trial_dir(method, seed), "train", "genotype.json")
-    genotype = _read_json(genotype_path) or train.get("genotype") or {}
+    genotype = read_json_or(genotype_path) or train.get("genotype") or {}
     decisive = (search or {}).get("decisiveness") or {}
     row = {
         "method": method, "seed": seed, "kind": "search" if search is not None else "baseline",
@@ -410,7 +397,7 @@ class StudyTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
     def load_model(self, trial):
         method, seed = self.hypermodel.build(trial.hyperparameters)
-        return _read_json(os.path.join(self.study.trial_dir(method, seed), "result.json"))
+        return read_json_or(os.path.join(self.study.trial_dir(method, seed), "result.json"))
 
 
 # -- results ---------------------------------------------------------------------------
@@ -419,7 +406,7 @@ def collect(study: Study) -> list[dict]:
     rows = []
     for seed in study.seeds:
         for method in study.methods:
-            row = _read_json(os.path.join(study.trial_dir(method, seed), "result.json"))
+            row = read_json_or(os.path.join(study.trial_dir(method, seed), "result.json"))
             if row is not None:
                 rows.append(row)
     return rows

@@ -120,12 +120,9 @@ def main(argv):
     role = os.environ.get("KERASTUNER_TUNER_ID", "")
     tuning.oracle_address(os.environ, role)
     chief = "KERASTUNER_ORACLE_IP" not in os.environ or "chief" in role
-    if chief:
-        studies.check_settings(study)
-    elif not os.path.exists(os.path.join(study.study_dir, "study.json")):
+    if not chief and not os.path.exists(os.path.join(study.study_dir, "study.json")):
         raise UserError(f"{study.study_dir}/study.json is missing: start the chief first")
-    else:
-        studies.check_settings(study)
+    studies.check_settings(study)
     strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
     total = len(study.methods) * len(study.seeds)
     started = time.time()
