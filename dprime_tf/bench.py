@@ -5,6 +5,13 @@ a warm-up) at the given size (default: the paper's search network, batch 64,
 C=16, 8 cells, 32x32), and prints img/s, analytic FLOPs per image, the
 fraction of this machine's measured matmul FLOP/s achieved, peak RSS, and
 the time to the first step (tracing + graph optimization).
+
+    python -m dprime_tf.bench                          # the paper's search size
+    python -m dprime_tf.bench --profile_dir=/tmp/prof  # + where the weight step's time goes, per op kind
+    python -m dprime_tf.bench --precision=bf16 --xla   # the GPU fast paths (slower on CPUs)
+
+The official code's step is timed the same way by benchmarks/official_step.py
+(in a PyTorch environment); README "Speed" has both.
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ import time  # noqa: E402
 
 from absl import flags  # noqa: E402
 
+from dprime_tf import fast_paths  # noqa: E402
+
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("init_channels", 16, "C.")
 flags.DEFINE_integer("layers", 8, "Cells.")
 flags.DEFINE_integer("image_size", 32, "Input size.")
 flags.DEFINE_integer("steps", 5, "Timed steps per kind (after one warm-up).")
+flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps weight steps with the TF profiler into this "
+                    "directory (TensorBoard's profile tab reads it) and print op time per op kind.")
+flags.DEFINE_integer("profile_steps", 2, "Weight steps to profile.")
+flags.DEFINE_enum("kinds", "both", ("both", "weight", "alpha"), "Which steps to time.")
+fast_paths.define_flags(flags)
 FLAGS = flags.FLAGS
 
 
@@ -66,18 +80,23 @@ def main(argv):
     from dprime_tf.searcher import BilevelSearch
 
     b, size = FLAGS.batch_size, FLAGS.image_size
+    grappler = fast_paths.graph_optimizer_for_this_host()
     t0 = time.perf_counter()
-    net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size)
-    search = BilevelSearch(net, steps_per_epoch=1000, epochs=50)
+    with fast_paths.policy(FLAGS.precision):
+        net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size)
+    search = BilevelSearch(net, steps_per_epoch=1000, epochs=50, loss_scale=fast_paths.loss_scaling(FLAGS.precision),
+                           jit_compile=FLAGS.xla)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     batch = (tf.constant(rng.standard_normal((b, size, size, 3), dtype=np.float32)),
              tf.constant(rng.integers(0, 10, b, dtype=np.int32)))
     progress = tf.constant(0.5)
-    weight_step = tf.function(lambda: search._replica_weight_step(batch), autograph=False)
-    alpha_step = tf.function(lambda: search._replica_alpha_step(batch, progress), autograph=False)
+    weight_step = tf.function(lambda: search._weight_step_fn(batch), autograph=False)
+    alpha_step = tf.function(lambda: search._alpha_step_fn(batch, progress), autograph=False)
+    kinds = [("weight step", weight_step), ("alpha step", alpha_step)]
+    kinds = [k for k in kinds if FLAGS.kinds in ("both", k[0].split()[0])]
     results = {}
-    for name, fn in (("weight step", weight_step), ("alpha step", alpha_step)):
+    for name, fn in kinds:
         t = time.perf_counter()
         tf.nest.map_structure(lambda x: x.numpy(), fn())
         first = time.perf_counter() - t
@@ -87,10 +106,17 @@ def main(argv):
             tf.nest.map_structure(lambda x: x.numpy(), fn())
             times.append(time.perf_counter() - t)
         results[name] = (first, statistics.median(times), min(times), max(times))
+    profile_lines = []
+    if FLAGS.profile_dir and FLAGS.kinds != "alpha":
+        from dprime_tf import op_profile
+        trace = op_profile.profile(weight_step, FLAGS.profile_steps, FLAGS.profile_dir)
+        profile_lines = [f"weight step profile ({trace}):",
+                         *op_profile.report_lines(op_profile.op_times(trace), FLAGS.profile_steps)]
     macs = forward_macs(net)
     peak = matmul_flops_per_second()
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(f"supernet C={FLAGS.init_channels} L={FLAGS.layers} {size}x{size} batch {b}: "
+    print(f"supernet C={FLAGS.init_channels} L={FLAGS.layers} {size}x{size} batch {b}, precision {FLAGS.precision}"
+          f"{', XLA' if FLAGS.xla else ''}, Grappler {'on' if grappler else 'off'}: "
           f"{sum(int(np.prod(w.shape)) for w in net.trainable_weights):,} weights; built in {build_s:.1f} s")
     print(f"forward: {macs / 1e6:.1f} M multiply-adds per image ({2 * macs / 1e9:.3f} GFLOP); "
           f"a step (forward + backward) is about 3x that")
@@ -100,7 +126,11 @@ def main(argv):
         print(f"{name:11s}: first step (trace + optimize + run) {first:6.1f} s | median {med:6.3f} s "
               f"[{lo:.3f}-{hi:.3f}] | {b / med:6.1f} img/s | {step_flops / med / 1e9:6.1f} GFLOP/s "
               f"= {step_flops / med / peak:5.1%} of matmul peak")
+    if len(results) == 2:
+        print(f"alpha step / weight step: {results['alpha step'][1] / results['weight step'][1]:.2f}")
     print(f"peak RSS: {rss_gb:.2f} GB")
+    for line in profile_lines:
+        print(line)
 
 
 def console_main():

@@ -214,7 +214,8 @@ def weight_portion(split: str, schedfreq: int = SCHEDFREQ) -> float:
 def fisher_trace(grads) -> tf.Tensor:
     """FI = sum over all weights of (dL/dw)^2 (trace of the empirical Fisher)."""
     # L2Loss is sum(g^2) / 2 in one op per tensor (the graph stays small).
-    return 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in grads if g is not None])
+    with tf.name_scope("fisher_information"):
+        return 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in grads if g is not None])
 
 
 def epoch_cosine_lr(step, steps_per_epoch, epochs, lr_max, lr_min):

@@ -15,7 +15,7 @@ quiet_tensorflow()
 
 from absl import flags  # noqa: E402
 
-from dprime_tf import prime  # noqa: E402
+from dprime_tf import fast_paths, prime  # noqa: E402
 from dprime_tf.distribute import STRATEGIES  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -75,6 +75,8 @@ flags.DEFINE_float("weight_decay", 3e-4, "Weight L2 (added to the gradient, as t
 flags.DEFINE_float("grad_clip", 5.0, "Global-norm clip of the weight gradients.")
 flags.DEFINE_float("arch_learning_rate", 3e-4, "Alpha Adam learning rate.")
 flags.DEFINE_float("arch_weight_decay", 1e-3, "Alpha L2 (added to the gradient).")
+# GPU fast paths (image searches)
+fast_paths.define_flags(flags)
 
 
 def config_from_flags():

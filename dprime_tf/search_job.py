@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf import decisiveness, plots, prime, report, runlock, runs, spaces, tb_steps, validation
+from dprime_tf import decisiveness, fast_paths, plots, prime, report, runlock, runs, spaces, tb_steps, validation
 from dprime_tf.distribute import output_dirs
 from dprime_tf.errors import UserError
 from dprime_tf.guard import NonFiniteGuard
@@ -88,6 +88,9 @@ class SearchConfig:
     checkpoint_every: int = 50
     deterministic: bool = False  # deterministic kernels, one thread per op (slower)
     verbose: int = 1
+    # GPU fast paths (dprime_tf.fast_paths)
+    precision: str = "float32"  # float32, bf16, fp16 (with loss scaling)
+    xla: bool = False  # compile each replica's step with XLA
 
     @property
     def search_space(self) -> str:
@@ -132,6 +135,7 @@ def validate(cfg: SearchConfig) -> None:
         (cfg.grad_clip > 0, f"--grad_clip must be > 0, got {cfg.grad_clip}"),
         (cfg.val_steps >= 0, f"--val_steps must be >= 0, got {cfg.val_steps}"),
         (cfg.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {cfg.checkpoint_every}"),
+        *fast_paths.checks(cfg),
         *space.search_checks(cfg),
         *validation.search_checks(cfg),
         (bool(cfg.output_dir), "--output_dir is required"),
@@ -150,7 +154,8 @@ def bilevel_search(net, cfg: SearchConfig, steps_per_epoch: int, arch_beta_1: fl
         learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, arch_learning_rate=cfg.arch_learning_rate,
         arch_beta_1=arch_beta_1, arch_weight_decay=cfg.arch_weight_decay, admm_freq=cfg.admm_freq,
-        zu_ewma=cfg.zu_ewma, init_alpha_threshold=cfg.init_alpha_threshold)
+        zu_ewma=cfg.zu_ewma, init_alpha_threshold=cfg.init_alpha_threshold,
+        loss_scale=fast_paths.loss_scaling(cfg.precision), jit_compile=cfg.xla)
 
 
 def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None,
@@ -160,6 +165,7 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
     validate(cfg)
     space = spaces.for_dataset(cfg.dataset)
     strategy = strategy or tf.distribute.get_strategy()
+    fast_paths.graph_optimizer_for_this_host()
     validation.check_replicas(cfg.batch_size, strategy.num_replicas_in_sync)
     data = space.load_search_data(cfg, strategy.num_replicas_in_sync)  # bad data: nothing written
     cfg = dataclasses.replace(cfg, resume=runlock.plan_resume(cfg.output_dir, cfg.resume, cfg.verbose))
@@ -198,7 +204,8 @@ class SearchJob:
             make_deterministic()
         keras.utils.set_random_seed(cfg.seed)
         with self.strategy.scope():
-            self.net = net = space.build_supernet(cfg, data)
+            with fast_paths.policy(cfg.precision):
+                self.net = net = space.build_supernet(cfg, data)
             self.search = search = bilevel_search(net, cfg, steps_per_epoch, space.arch_beta_1)
         initial = self._initial_weights()  # before a resumed run restores its alphas
         manager, start_step = runs.search_checkpoint(search, run_dir, chief, self.worker_dir, cfg.resume,
@@ -253,7 +260,7 @@ class SearchJob:
                                       resume_step=start_step, blank_unless={"batch_alpha_loss": "alpha_step"})
         # A diverged step stops the run before anything after the history saves it.
         diverged = NonFiniteGuard(("batch_loss", "fi", "batch_alpha_loss"), search.search_step,
-                                  applies_if={"batch_alpha_loss": "alpha_step"},
+                                  applies_if={"batch_alpha_loss": "alpha_step", "fi": "weight_step"},
                                   advice=": lower --learning_rate or --arch_learning_rate, then --resume")
         # The epoch's files before its end-of-epoch checkpoint: a kill between them never shifts them.
         callbacks = [history_cb, diverged, runs.EpochSummary(on_epoch_end),

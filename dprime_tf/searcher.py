@@ -37,7 +37,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dprime_tf import prime
+from dprime_tf import fast_paths, prime
 from dprime_tf.optimizers import CoupledAdam, CoupledSGD, EpochCosineDecay
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -57,7 +57,8 @@ class BilevelSearch(keras.Model):
                  momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0,
                  arch_learning_rate: float = 3e-4, arch_beta_1: float = 0.5, arch_beta_2: float = 0.999,
                  arch_weight_decay: float = 1e-3, admm_freq: int = prime.ADMM_FREQ,
-                 zu_ewma: float = prime.ZU_EWMA, init_alpha_threshold: float = prime.TAU_INIT, **kwargs):
+                 zu_ewma: float = prime.ZU_EWMA, init_alpha_threshold: float = prime.TAU_INIT,
+                 loss_scale: bool = False, jit_compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if regularizer not in prime.REGULARIZERS:
             raise ValueError(f"unknown regularizer '{regularizer}' (use one of {', '.join(prime.REGULARIZERS)})")
@@ -74,6 +75,12 @@ class BilevelSearch(keras.Model):
             momentum=momentum, l2=weight_decay, gradients_are_reduced=True)
         self.alpha_optimizer = CoupledAdam(arch_learning_rate, arch_beta_1, arch_beta_2, l2=arch_weight_decay,
                                            gradients_are_reduced=True, name="alpha_adam")
+        self.loss_scale, self.jit_compile_steps = bool(loss_scale), bool(jit_compile)
+        if self.loss_scale:  # fp16: each optimizer unscales, skips a non-finite step and adapts its own scale
+            self.weight_optimizer = keras.optimizers.LossScaleOptimizer(self.weight_optimizer, name="weight_scale")
+            self.alpha_optimizer = keras.optimizers.LossScaleOptimizer(self.alpha_optimizer, name="alpha_scale")
+        self._weight_step_fn = fast_paths.compile_step(self._replica_weight_step, jit_compile)
+        self._alpha_step_fn = fast_paths.compile_step(self._replica_alpha_step, jit_compile)
         # Both optimizers are built now: lazy slot creation inside the compiled,
         # distributed step fails.
         self.weight_optimizer.build(supernet.trainable_weights)
@@ -145,7 +152,8 @@ class BilevelSearch(keras.Model):
             tape.watch(alpha_vars)
             terms = self.supernet.loss_terms(alpha_data, training=True, stream="alpha")
             alpha_loss = terms["loss_sum"] / _global(terms["count"], replicas) + self.regularization(progress) / replicas
-        grads = ctx.all_reduce(_SUM, tape.gradient(alpha_loss, alpha_vars))
+            scaled = self.alpha_optimizer.scale_loss(alpha_loss) if self.loss_scale else alpha_loss
+        grads = ctx.all_reduce(_SUM, tape.gradient(scaled, alpha_vars))
         self.alpha_optimizer.apply(grads, self.supernet.alphas)
         return alpha_loss  # this replica's share; the shares sum to the global loss
 
@@ -159,9 +167,19 @@ class BilevelSearch(keras.Model):
             count = _global(terms["count"], replicas)
             loss = terms["loss_sum"] / count
             objective = loss + terms.get("penalty", 0.0) / replicas
+            if self.loss_scale:
+                objective = self.weight_optimizer.scale_loss(objective)
         grads = ctx.all_reduce(_SUM, tape.gradient(objective, weights))
         fi = prime.fisher_trace(grads)  # global gradients, before clipping and L2
-        grads, _ = tf.clip_by_global_norm(grads, self.grad_clip, use_norm=tf.sqrt(fi))
+        clip = self.grad_clip
+        if self.loss_scale:
+            # The gradients are scaled by s (the optimizer unscales them): FI is
+            # their sum of squares / s^2, and clipping g*s to c*s is clipping g to c.
+            scale = tf.cast(self.weight_optimizer.dynamic_scale, tf.float32)
+            clip, fi = clip * scale, fi / tf.square(scale)
+            grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=tf.sqrt(fi) * scale)
+        else:
+            grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=tf.sqrt(fi))
         self.weight_optimizer.apply(grads, weights)
         return {"loss": loss, "accuracy": terms.get("correct", 0.0) / count, "fi": fi / replicas}
 
@@ -177,16 +195,20 @@ class BilevelSearch(keras.Model):
 
         def alpha_step():
             alpha_data = next(self._alpha_iterator)
-            share = strategy.run(self._replica_alpha_step, args=(alpha_data, progress))
+            share = strategy.run(self._alpha_step_fn, args=(alpha_data, progress))
             return strategy.reduce(_SUM, share, axis=None)
 
         # Only the alpha step is conditional, so the weight step is traced once.
         alpha_loss = tf.cond(take, alpha_step, lambda: tf.constant(float("nan")))
         out = {k: strategy.reduce(_SUM, v, axis=None)
-               for k, v in strategy.run(self._replica_weight_step, args=(data,)).items()}
+               for k, v in strategy.run(self._weight_step_fn, args=(data,)).items()}
         self.alpha_steps.assign_add(tf.cast(take, tf.int64))
         admm_updated = self._admm_step(take) if self.regularizer == "admm" else tf.constant(False)
-        self.fi_ewma.assign(self.schedule.observe(out["fi"], self.fi_ewma, self.search_step))
+        # fp16 only: a step whose scaled gradients overflowed was skipped by the
+        # optimizer; its FI is not a measurement and leaves the EWMA as it was.
+        weight_step = tf.math.is_finite(out["fi"]) if self.loss_scale else tf.constant(True)
+        self.fi_ewma.assign(tf.where(weight_step, self.schedule.observe(out["fi"], self.fi_ewma, self.search_step),
+                                     self.fi_ewma))
         self.search_step.assign_add(1)
         self._trackers["loss"].update_state(out["loss"])
         self._trackers["accuracy"].update_state(out["accuracy"])
@@ -201,6 +223,7 @@ class BilevelSearch(keras.Model):
             "fi": out["fi"], "fi_ewma": tf.identity(self.fi_ewma), "tau": tf.identity(self.tau),
             "lr": self.lr_schedule(self.search_step - 1), "progress": progress,
             "admm_update": tf.cast(admm_updated, tf.float32),
+            "weight_step": tf.cast(weight_step, tf.float32),  # 0: skipped by fp16 loss scaling
         })
 
     def _admm_step(self, took_alpha_step):

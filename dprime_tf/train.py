@@ -29,6 +29,7 @@ import os  # noqa: E402
 
 from absl import flags  # noqa: E402
 
+from dprime_tf import fast_paths  # noqa: E402
 from dprime_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -64,13 +65,14 @@ flags.DEFINE_float("weight_decay", None, "L2 added to the gradient (default: 3e-
                    "models).")
 flags.DEFINE_float("grad_clip", None, "Global-norm gradient clip (default: 5 for CNNs, 0.25 for language "
                    "models; CNNs: 0 = none).")
+# GPU fast paths (CNN)
+fast_paths.define_flags(flags)
 # CNN
 flags.DEFINE_integer("image_size", None, "CNN: resize images to this size (default: native; 32 for folders). "
                      "The auxiliary head needs 32 (or --noauxiliary).")
 flags.DEFINE_float("val_fraction", 0.1, "CNN: hold out this fraction of the training images (the last ones; "
                    "class-balanced) for per-epoch validation; 0 = none.")
-flags.DEFINE_bool("mixed_precision", False, "CNN: Keras 'mixed_float16' policy with loss scaling (for GPUs; slow "
-                  "on CPUs).")
+flags.DEFINE_bool("mixed_precision", False, "CNN: the same as --precision=fp16 (the older spelling).")
 flags.DEFINE_integer("init_channels", 36, "CNN: initial channels (C).")
 flags.DEFINE_integer("layers", 20, "CNN: cells (L).")
 flags.DEFINE_bool("auxiliary", True, "CNN: auxiliary head after cell 2L/3.")

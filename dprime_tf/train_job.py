@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from dprime_tf import runlock, spaces, validation
+from dprime_tf import fast_paths, runlock, spaces, validation
 from dprime_tf.errors import UserError
 
 # Training settings whose default depends on the space (None in a TrainConfig).
@@ -55,7 +55,7 @@ class TrainConfig:
     cutout: int = 16
     learning_rate_min: float = 0.0
     momentum: float = 0.9
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # the older spelling of precision="fp16"
     # recurrent space
     eval_batch_size: int = 10
     test_batch_size: int = 1
@@ -69,6 +69,9 @@ class TrainConfig:
     dropouti: float = 0.2
     dropoute: float = 0.1
     tar_beta: float = 1e-3
+    # GPU fast paths (dprime_tf.fast_paths)
+    precision: str = "float32"  # float32, bf16, fp16 (with loss scaling)
+    xla: bool = False  # compile each replica's step with XLA
 
     @property
     def search_space(self) -> str:
@@ -92,6 +95,8 @@ def train_space(cfg) -> spaces.SearchSpace:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with every unset (None) setting filled by its space's training defaults."""
     space = train_space(cfg)
+    if cfg.mixed_precision and cfg.precision == "float32":
+        cfg = dataclasses.replace(cfg, precision="fp16")
     return dataclasses.replace(cfg, **{k: v for k, v in space.train_defaults.items() if getattr(cfg, k) is None})
 
 
@@ -113,6 +118,9 @@ def validate(cfg: TrainConfig):
         (cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}"),
         (cfg.checkpoint_every >= 1, f"--checkpoint_every must be >= 1, got {cfg.checkpoint_every}"),
         (cfg.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {cfg.verbose}"),
+        *fast_paths.checks(cfg),
+        (not cfg.mixed_precision or cfg.precision == "fp16",
+         f"--mixed_precision means --precision=fp16, not --precision={cfg.precision}: drop one of them"),
         *space.train_checks(cfg),
         *validation.train_checks(cfg),
     ]

@@ -35,10 +35,11 @@ MAX_CONFIG_BYTES = 1 << 20  # genotype files, flagfiles, TF_CONFIG, models.confi
 # Settings a resumed run may not change: they fix the network, the data or the
 # streams its checkpoint belongs to (dprime_tf.runlock.check_run_record).
 SEARCH_IDENTITY = ("dataset", "batch_size", "seed", "split", "schedfreq", "reg", "image_size", "layers",
-                   "init_channels", "steps_per_epoch", "eval_batch_size", "bptt", "emsize", "nhid", "alpha_text")
+                   "init_channels", "steps_per_epoch", "eval_batch_size", "bptt", "emsize", "nhid", "alpha_text",
+                   "precision")
 TRAIN_IDENTITY = ("dataset", "batch_size", "seed", "image_size", "val_fraction", "init_channels", "layers",
                   "auxiliary", "cutout", "mixed_precision", "steps_per_epoch", "bptt", "max_seq_len_delta",
-                  "emsize", "nhid", "eval_batch_size")
+                  "emsize", "nhid", "eval_batch_size", "precision")
 
 
 def identity(cfg, names) -> dict:

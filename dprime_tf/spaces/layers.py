@@ -116,9 +116,9 @@ def add_batch_norm(layer, name, shape, affine=False):
     """Creates BN state on `layer`: running mean/var (and gamma/beta if affine)."""
     stats = {key: _add_running_stat(layer, f"{name}_moving_{key}", shape, init)
              for key, init in (("mean", "zeros"), ("var", "ones"))}
-    if affine:
-        stats["gamma"] = layer.add_weight(shape=shape, initializer="ones", name=f"{name}_gamma")
-        stats["beta"] = layer.add_weight(shape=shape, initializer="zeros", name=f"{name}_beta")
+    if affine:  # float32 under a mixed-precision policy too: batch norm runs in float32
+        stats["gamma"] = layer.add_weight(shape=shape, initializer="ones", name=f"{name}_gamma", autocast=False)
+        stats["beta"] = layer.add_weight(shape=shape, initializer="zeros", name=f"{name}_beta", autocast=False)
     return stats
 
 
@@ -129,7 +129,8 @@ def _add_running_stat(layer, name, shape, initializer):
     their mean."""
     with layer._open_name_scope():
         var = keras.Variable(initializer=keras.initializers.get(initializer), shape=shape, dtype="float32",
-                             trainable=False, name=name, aggregation="mean", synchronization="on_read")
+                             trainable=False, name=name, aggregation="mean", synchronization="on_read",
+                             autocast=False)
     layer._track_variable(var)
     return var
 
@@ -152,6 +153,13 @@ class StatefulLayer(keras.layers.Layer):
         replicas the statistics are all-reduced over the global batch; in
         inference the fused kernel applies the running statistics.
         """
+        with tf.name_scope("batch_norm"):  # named for profiles (dprime-bench --profile)
+            if x.dtype != tf.float32:  # mixed precision: statistics and normalization in float32
+                return tf.cast(StatefulLayer._batch_norm(tf.cast(x, tf.float32), stats, training), x.dtype)
+            return StatefulLayer._batch_norm(x, stats, training)
+
+    @staticmethod
+    def _batch_norm(x, stats, training):
         mean_var, var_var = stats["mean"].value, stats["var"].value
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1 and training:

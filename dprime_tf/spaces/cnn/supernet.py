@@ -296,9 +296,11 @@ class SearchNetwork(keras.Model):
         self.final_channels = c_p
         n_edges = num_edges(2, STEPS)
         # One initializer each: a reused unseeded Keras initializer repeats its values.
-        self.alpha_normal = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_normal",
+        # Not autocast: under a mixed-precision policy softmax(alpha) stays float32
+        # (each MixedEdges casts the mixing weights to its compute type).
+        self.alpha_normal = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_normal", autocast=False,
                                             initializer=keras.initializers.RandomNormal(stddev=1e-3))
-        self.alpha_reduce = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_reduce",
+        self.alpha_reduce = self.add_weight(shape=(n_edges, NUM_OPS), trainable=False, name="alpha_reduce", autocast=False,
                                             initializer=keras.initializers.RandomNormal(stddev=1e-3))
         self.build((None, self.image_size, self.image_size, 3))
 

@@ -44,6 +44,7 @@ import time
 import keras
 import tensorflow as tf
 
+from dprime_tf import fast_paths
 from dprime_tf.optimizers import CoupledSGD, EpochCosineDecay
 from dprime_tf.runs import StepHistory
 
@@ -57,7 +58,7 @@ class FinalTrainer(keras.Model):
     def __init__(self, network, *, steps_per_epoch: int, epochs: int,
                  learning_rate: float = 0.025, learning_rate_min: float = 0.0,
                  momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.0,
-                 auxiliary_weight: float = 0.4, loss_scale: bool = False, **kwargs):
+                 auxiliary_weight: float = 0.4, loss_scale: bool = False, jit_compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if steps_per_epoch < 1 or epochs < 1:
             raise ValueError(f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch}, {epochs}")
@@ -68,6 +69,7 @@ class FinalTrainer(keras.Model):
         self.grad_clip = float(grad_clip)
         self.auxiliary_weight = float(auxiliary_weight)
         self.loss_scale = bool(loss_scale)
+        self._train_step_fn = fast_paths.compile_step(self._replica_train_step, jit_compile)  # --xla
 
         def state(name, value, dtype="float32"):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value), dtype=dtype,
@@ -136,7 +138,7 @@ class FinalTrainer(keras.Model):
         strategy = self.distribute_strategy
         lr = self.lr_schedule(self.step)
         out = {k: strategy.reduce(_SUM, v, axis=None)
-               for k, v in strategy.run(self._replica_train_step, args=(data,)).items()}
+               for k, v in strategy.run(self._train_step_fn, args=(data,)).items()}
         self.step.assign_add(1)
         self.batch_loss.assign(out["loss"])
         self.batch_accuracy.assign(out["accuracy"])

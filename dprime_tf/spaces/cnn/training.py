@@ -74,17 +74,14 @@ def cnn_checks(cfg) -> list[tuple[bool, str]]:
 def train_cnn(cfg, genotype, strategy=None, flags_text: str | None = None, extra_callbacks=()) -> dict:
     """Trains (or resumes) a final CNN; returns the summary (also <run>/summary.json).
 
-    `--mixed_precision` sets Keras' global "mixed_float16" policy for the run;
-    the previous policy is restored afterwards.
+    `--precision` sets Keras' global dtype policy for the run (bf16:
+    "mixed_bfloat16", fp16: "mixed_float16" with loss scaling; `--mixed_precision`
+    is the older spelling of fp16); the previous policy is restored afterwards.
     """
-    import keras
+    from dprime_tf import fast_paths
 
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
-    try:
+    with fast_paths.policy(cfg.precision):
         return _train(cfg, genotype, strategy, flags_text, extra_callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
@@ -94,7 +91,7 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
     import numpy as np
     import tensorflow as tf
 
-    from dprime_tf import report, runs, tb_steps
+    from dprime_tf import fast_paths, report, runs, tb_steps
     from dprime_tf.guard import NonFiniteGuard
     from dprime_tf.data import images
     from dprime_tf.progress import ProgressBar
@@ -133,7 +130,7 @@ def _train(cfg, genotype, strategy, flags_text, extra_callbacks):
                                learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                                auxiliary_weight=cfg.auxiliary_weight if cfg.auxiliary else 0.0,
-                               loss_scale=cfg.mixed_precision)
+                               loss_scale=fast_paths.loss_scaling(cfg.precision), jit_compile=cfg.xla)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time")
     # Every network weight, keyed by its position in `net.weights` (the same for
     # the same flags; Keras' auto-generated layer names are not, in a process that

@@ -55,6 +55,11 @@ def language_model_checks(cfg) -> list[tuple[bool, str]]:
         (all(0 <= r < 1 for r in (cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute)),
          "dropout rates (--dropout, --dropouth, --dropoutx, --dropouti, --dropoute) must be in [0, 1)"),
         (cfg.tar_beta >= 0, "--tar_beta must be >= 0"),
+        (getattr(cfg, "precision", "float32") == "float32",
+         f"--precision={getattr(cfg, 'precision', '')} is for image networks; language models run in float32 "
+         "(drop --precision)"),
+        (not getattr(cfg, "xla", False), "--xla is for image networks: a language model's windows vary in length "
+                                         "and XLA would recompile for each (drop --xla)"),
     ]
 
 

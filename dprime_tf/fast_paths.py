@@ -1,0 +1,87 @@
+"""GPU fast paths of search and training: mixed precision and XLA.
+
+Both are off by default. On this project's CPUs they are slower (no bf16/fp16
+units; XLA compiles for minutes), on GPUs they are the usual speed-ups; see
+BUILD.md "Fast paths on GPUs".
+
+- `--precision=float32|bf16|fp16`: Keras' "float32", "mixed_bfloat16" or
+  "mixed_float16" policy while the network is built. Weights, optimizer
+  state, batch-norm statistics, the loss, FI and the alphas stay float32;
+  convolutions and activations run in the 16-bit type. fp16 adds dynamic
+  loss scaling (Keras' LossScaleOptimizer): a step whose gradients overflow
+  is skipped and the scale halved.
+- `--xla`: each replica's step is compiled with XLA (`jit_compile=True`).
+
+Imports no TensorFlow at module level, so command lines can validate first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+PRECISIONS = ("float32", "bf16", "fp16")
+POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+PRECISION_HELP = ("Numeric precision: float32 (default), bf16 (mixed bfloat16: Ampere+ GPUs, TPUs) or fp16 "
+                  "(mixed float16 with dynamic loss scaling: older GPUs). Weights, optimizer state, loss and FI "
+                  "stay float32. Slower on CPUs without 16-bit units; see BUILD.md.")
+XLA_HELP = "Compile each replica's step with XLA (jit_compile). For GPUs: on CPUs it compiles for minutes and " \
+           "runs slower; see BUILD.md."
+
+
+def define_flags(flags):
+    """--precision and --xla on an absl flags module (search and train share them)."""
+    flags.DEFINE_enum("precision", "float32", PRECISIONS, PRECISION_HELP)
+    flags.DEFINE_bool("xla", False, XLA_HELP)
+
+
+def checks(cfg) -> list[tuple[bool, str]]:
+    precision = getattr(cfg, "precision", "float32")
+    return [(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")]
+
+
+def loss_scaling(precision: str) -> bool:
+    """fp16 needs loss scaling (its smallest normal is 6e-5); bf16 has float32's range."""
+    return precision == "fp16"
+
+
+@contextlib.contextmanager
+def policy(precision: str):
+    """Keras' global dtype policy for `precision` while the block builds layers;
+    the previous policy afterwards (a layer keeps the policy it was built with)."""
+    import keras
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def graph_optimizer_for_this_host() -> bool:
+    """Switches TensorFlow's graph optimizer (Grappler) off on hosts without GPUs;
+    returns whether it stays on.
+
+    On a CPU, Grappler spent 9 of the supernet step's 28 s of start-up (tracing +
+    optimization) and bought no step time (2.69 s/step without it, 2.84 s with
+    it, batch 64 at the paper's size). On GPUs it stays on: its layout optimizer
+    gives cuDNN the layouts it wants. DPRIME_GRAPPLER=1 keeps it on anywhere,
+    DPRIME_GRAPPLER=0 switches it off anywhere. Process-wide; call before the
+    first step is traced.
+    """
+    import os
+
+    import tensorflow as tf
+    setting = os.environ.get("DPRIME_GRAPPLER", "auto")
+    keep = bool(tf.config.list_physical_devices("GPU")) if setting == "auto" else setting != "0"
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not keep})
+    return keep
+
+
+def compile_step(fn, xla: bool):
+    """`fn` as an XLA-compiled tf.function when `xla`, else `fn` itself (traced
+    into the caller's graph)."""
+    if not xla:
+        return fn
+    import tensorflow as tf
+    return tf.function(fn, jit_compile=True, autograph=False)
