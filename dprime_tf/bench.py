@@ -80,7 +80,7 @@ def main(argv):
     from dprime_tf.searcher import BilevelSearch
 
     b, size = FLAGS.batch_size, FLAGS.image_size
-    grappler = fast_paths.graph_optimizer_for_this_host()
+    grappler = fast_paths.configure_graph_optimizer()
     t0 = time.perf_counter()
     with fast_paths.policy(FLAGS.precision):
         net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size)

@@ -165,7 +165,7 @@ def run_search(cfg: SearchConfig, strategy: tf.distribute.Strategy | None = None
     validate(cfg)
     space = spaces.for_dataset(cfg.dataset)
     strategy = strategy or tf.distribute.get_strategy()
-    fast_paths.graph_optimizer_for_this_host()
+    fast_paths.configure_graph_optimizer()
     validation.check_replicas(cfg.batch_size, strategy.num_replicas_in_sync)
     data = space.load_search_data(cfg, strategy.num_replicas_in_sync)  # bad data: nothing written
     cfg = dataclasses.replace(cfg, resume=runlock.plan_resume(cfg.output_dir, cfg.resume, cfg.verbose))

@@ -172,6 +172,7 @@ def run_training(cfg: TrainConfig, strategy=None, flags_text: str | None = None,
               "cosine steps at the top of each epoch, as in the official code (epoch e trains at cosine(e+1)); "
               "use more epochs or raise --learning_rate_min", flush=True)
     held = runlock.is_locked_here(cfg.output_dir)
+    fast_paths.configure_graph_optimizer()  # DPRIME_GRAPPLER
     try:
         return train_space(cfg).train(cfg, genotype, strategy, flags_text, list(extra_callbacks))
     finally:
