@@ -65,9 +65,11 @@ def configure_graph_optimizer() -> bool:
     Measured at the paper's search size on a 2-core CPU (dprime-bench, two
     interleaved rounds): Grappler takes 11 s of the first step's 31 s
     (tracing + optimization) and buys 7-8% of every step's time (2.70-2.84 s
-    vs 2.90-3.07 s) and 0.7 GB of peak memory. A search runs for hours, so it
-    stays on; DPRIME_GRAPPLER=0 trades step time for start-up (the test suite,
-    many tiny runs, sets it). Process-wide; call before the first step is traced.
+    vs 2.90-3.07 s) and 0.7 GB of peak memory; in a process that traces many
+    tiny searches (a test worker) memory grew 2.9x without it (1.9 GB after
+    tests/test_reliability.py with it, 5.6 GB without). So it stays on;
+    DPRIME_GRAPPLER=0 trades step time and memory for start-up. Process-wide;
+    call before the first step is traced.
     """
     import os
 
