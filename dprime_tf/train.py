@@ -67,6 +67,7 @@ flags.DEFINE_float("grad_clip", None, "Global-norm gradient clip (default: 5 for
                    "models; CNNs: 0 = none).")
 # GPU fast paths (CNN)
 fast_paths.define_flags(flags)
+flags.adopt_module_key_flags(fast_paths)  # recorded in the run's flags.txt, re-read by --resume
 # CNN
 flags.DEFINE_integer("image_size", None, "CNN: resize images to this size (default: native; 32 for folders). "
                      "The auxiliary head needs 32 (or --noauxiliary).")

@@ -46,6 +46,23 @@ def test_flags_map_to_keras_policies_and_loss_scaling():
     assert keras.mixed_precision.global_policy().name == before
 
 
+def test_the_flags_are_recorded_in_a_runs_flags_txt():
+    """--resume re-reads flags.txt: a fast-path flag missing there would resume an fp16 run in float32.
+    (flags.txt holds the command module's key flags: dprime_tf.cli.module_flags_text.)"""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for module in ("dprime_tf.search", "dprime_tf.train"):  # one process each: they define the same flags
+        code = (f"import sys, {module} as m; from absl import flags; "
+                "print(sorted(f.name for f in flags.FLAGS.get_key_flags_for_module(m)))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        names = eval(out.stdout.strip().splitlines()[-1])
+        assert {"precision", "xla"} <= set(names), module
+
+
 def test_bad_fast_path_settings_are_one_line_errors():
     from dprime_tf import search_job, train_job
     with pytest.raises(UserError, match="--precision must be one of float32, bf16, fp16, got 'int8'"):
