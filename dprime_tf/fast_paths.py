@@ -37,7 +37,10 @@ def define_flags(flags):
 
 def checks(cfg) -> list[tuple[bool, str]]:
     precision = getattr(cfg, "precision", "float32")
-    return [(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")]
+    return [(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"),
+            (not (getattr(cfg, "xla", False) and getattr(cfg, "deterministic", False)),
+             "--xla and --deterministic do not go together: XLA has no deterministic max-pool gradient "
+             "(drop one of them)")]
 
 
 def loss_scaling(precision: str) -> bool:
@@ -85,4 +88,8 @@ def compile_step(fn, xla: bool):
     if not xla:
         return fn
     import tensorflow as tf
+    from tensorflow.python.framework import config
+    if config.is_op_determinism_enabled():
+        raise ValueError("XLA cannot compile the step with op determinism enabled (no deterministic max-pool "
+                         "gradient): drop --xla or --deterministic")
     return tf.function(fn, jit_compile=True, autograph=False)

@@ -74,6 +74,8 @@ def test_bad_fast_path_settings_are_one_line_errors():
     with pytest.raises(UserError, match="--mixed_precision means --precision=fp16, not --precision=bf16"):
         train_job.validate(train_job.TrainConfig(output_dir="/nonexistent/x", mixed_precision=True,
                                                  precision="bf16"))
+    with pytest.raises(UserError, match="--xla and --deterministic do not go together"):
+        search_job.validate(search_job.SearchConfig(output_dir="x", xla=True, deterministic=True))
     # the older spelling still works: it is fp16
     assert train_job.resolve(train_job.TrainConfig(mixed_precision=True)).precision == "fp16"
 
@@ -105,6 +107,18 @@ def _search(precision="float32", xla=False, steps=6, overflow_at_start=False):
     callback = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: history.append(dict(logs)))
     search.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[callback])
     return search, net, [{k: float(v) for k, v in log.items()} for log in history]
+
+
+@pytest.fixture
+def no_op_determinism():
+    """XLA refuses to compile under op determinism, which an earlier test of the same
+    process may have switched on (it is process-wide)."""
+    from tensorflow.python.framework import config
+    was = config.is_op_determinism_enabled()
+    config.disable_op_determinism()
+    yield
+    if was:
+        config.enable_op_determinism()
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +178,7 @@ def test_mixed_precision_search_tracks_the_float32_search(precision, float32_sea
 
 
 @pytest.mark.slow
-def test_xla_search_matches_the_float32_search_and_its_genotype(float32_search):
+def test_xla_search_matches_the_float32_search_and_its_genotype(float32_search, no_op_determinism):
     ours = _search(xla=True)
     _check_steps(ours, float32_search, "xla")
     assert ours[1].genotype() == float32_search[1].genotype()
@@ -212,7 +226,7 @@ def _train_losses(precision="float32", xla=False, steps=4):
 
 
 @pytest.mark.slow
-def test_training_fast_paths_track_the_float32_training():
+def test_training_fast_paths_track_the_float32_training(no_op_determinism):
     _, ref = _train_losses()
     for path, (precision, xla), rtol in (("bf16", ("bf16", False), 2e-2), ("fp16", ("fp16", False), 5e-3),
                                          ("xla", ("float32", True), 1e-4)):
