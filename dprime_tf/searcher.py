@@ -75,7 +75,7 @@ class BilevelSearch(keras.Model):
             momentum=momentum, l2=weight_decay, gradients_are_reduced=True)
         self.alpha_optimizer = CoupledAdam(arch_learning_rate, arch_beta_1, arch_beta_2, l2=arch_weight_decay,
                                            gradients_are_reduced=True, name="alpha_adam")
-        self.loss_scale, self.jit_compile_steps = bool(loss_scale), bool(jit_compile)
+        self.loss_scale = bool(loss_scale)
         if self.loss_scale:  # fp16: each optimizer unscales, skips a non-finite step and adapts its own scale
             self.weight_optimizer = keras.optimizers.LossScaleOptimizer(self.weight_optimizer, name="weight_scale")
             self.alpha_optimizer = keras.optimizers.LossScaleOptimizer(self.alpha_optimizer, name="alpha_scale")
