@@ -148,7 +148,9 @@ class BilevelSearch(keras.Model):
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
         alpha_vars = [a.value for a in self.supernet.alphas]
-        with tf.GradientTape() as tape:
+        # Only the alphas are watched: a tape that also watched the weights it
+        # reads would trace every weight gradient too (then pruned unused).
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(alpha_vars)
             terms = self.supernet.loss_terms(alpha_data, training=True, stream="alpha")
             alpha_loss = terms["loss_sum"] / _global(terms["count"], replicas) + self.regularization(progress) / replicas

@@ -14,6 +14,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "golden: parity with golden data recorded from the official code")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_optimizer_as_the_commands_set_it():
+    """In-process tests trace steps with the graph-optimizer settings the
+    command lines use (fast_paths.configure_graph_optimizer)."""
+    from dprime_tf import fast_paths
+    fast_paths.configure_graph_optimizer()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_memory_after_each_file():
     """DPRIME_TEST_RSS=1: print this worker's resident memory after each test file

@@ -64,6 +64,41 @@ def test_strided_dilated_depthwise_equals_naive():
         np.testing.assert_allclose(depthwise(x, kern, 2, 2).numpy(), naive.numpy(), atol=1e-5)
 
 
+def _edges_output_and_gradients(grouped, monkeypatch):
+    """MixedEdges (3 edges, stride 1 and 2) forward and gradients, pointwise convs grouped or split."""
+    from dprime_tf.spaces.cnn import supernet
+    monkeypatch.setattr(supernet, "GROUPED_POINTWISE", grouped)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 8, 8, 6)), tf.float32)
+    weights = tf.nn.softmax(tf.constant(rng.normal(size=(3, 8)), tf.float32))
+    results = []
+    for stride in (1, 2):
+        keras_seed = 3 + stride
+        tf.keras.utils.set_random_seed(keras_seed)
+        layer = MixedEdges(6, 3, stride)
+        layer.build(x.shape)
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outs = layer(x, weights, training=True)
+            loss = tf.add_n([tf.reduce_sum(o * tf.sin(o)) for o in outs])
+        grads = tape.gradient(loss, layer.trainable_weights + [weights])
+        results.append([o.numpy() for o in outs] + [g.numpy() for g in grads])
+    return results
+
+
+def test_grouped_and_split_pointwise_convs_agree(monkeypatch):
+    """The grouped 1x1 conv (oneDNN / cuDNN) computes what the split-conv-concat path does."""
+    from dprime_tf.spaces.cnn.supernet import onednn_enabled
+    if not onednn_enabled() and not tf.config.list_logical_devices("GPU"):
+        pytest.skip("grouped conv gradients need oneDNN (TF_ENABLE_ONEDNN_OPTS=0 here) or a GPU")
+    grouped = _edges_output_and_gradients(True, monkeypatch)
+    split = _edges_output_and_gradients(False, monkeypatch)
+    for per_stride_g, per_stride_s in zip(grouped, split):
+        assert len(per_stride_g) == len(per_stride_s)
+        for a, b in zip(per_stride_g, per_stride_s):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+
+
 @pytest.mark.golden
 def test_forward_and_weight_step_match_reference(paper_net):
     """Golden step of the official PyTorch code: logits, FI and every weight's update."""
@@ -90,3 +125,12 @@ def test_forward_and_weight_step_match_reference(paper_net):
     # fused kernel this median was 1.6e-3).
     assert np.median(rel) < 1e-3, np.median(rel)
     assert np.mean(rel < 0.01) > 0.99 and rel.max() < 0.05, (np.mean(rel < 0.01), rel.max())
+
+
+def test_grouped_pointwise_is_used_only_where_its_gradient_runs():
+    from dprime_tf.spaces.cnn.supernet import grouped_pointwise, onednn_enabled
+    assert grouped_pointwise("/job:localhost/replica:0/task:0/device:GPU:1", tf.float16)
+    # CPU kernels: oneDNN has float32 and bfloat16 grouped-conv gradients, TensorFlow's own have none
+    assert not grouped_pointwise("/device:CPU:0", tf.float16)
+    assert grouped_pointwise("/device:CPU:0", tf.float32) == onednn_enabled()
+    assert grouped_pointwise("/device:CPU:0", tf.bfloat16) == onednn_enabled()

@@ -81,7 +81,7 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
     channels = x.shape[-1]
     leading = x.shape[:-1]
     if all(d is not None for d in leading):
-        count = tf.constant(float(np.prod(leading)), x.dtype)
+        count = float(np.prod(leading))  # a Python number: no graph node per BN
     else:
         count = tf.cast(tf.size(x) // channels, x.dtype)
     scale = tf.ones([channels], x.dtype) if scale is None else scale
@@ -108,8 +108,9 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
             return (dx if c4 is centered else tf.reshape(dx, tf.shape(x))), dscale, doffset
         return (y, mean, var), grad
 
+    # mean and var carry no gradient (normalize's gradient ignores them).
     y, mean, var = normalize(x, scale, offset)
-    return y, tf.stop_gradient(mean), tf.stop_gradient(var), count
+    return y, mean, var, count
 
 
 def add_batch_norm(layer, name, shape, affine=False):
@@ -194,21 +195,30 @@ class StatefulLayer(keras.layers.Layer):
         y, mean, var, count = precise_batch_norm(
             xc, tf.reshape(stats["gamma"].value, [channels]) if affine else None,
             tf.reshape(stats["beta"].value, [channels]) if affine else None)
-        unbiased = var * count / tf.maximum(count - 1.0, 1.0)
+        StatefulLayer._update_running_stats(stats, mean, var, count)
+        return y if xc is x else tf.reshape(y, tf.shape(x))
+
+    @staticmethod
+    def _update_running_stats(stats, mean, var, count):
+        """running -= 0.1 * (running - batch), with the unbiased batch variance;
+        as few graph nodes as possible (there are hundreds of BNs per step)."""
+        if isinstance(count, float):
+            unbiased = var * (count / max(count - 1.0, 1.0))
+        else:
+            unbiased = var * count / tf.maximum(count - 1.0, 1.0)
         for key, batch in (("mean", mean), ("var", unbiased)):
             v = stats[key].value
-            v.assign_sub(BN_MOMENTUM * (v - tf.reshape(tf.cast(batch, v.dtype), v.shape)))
-        return y if xc is x else tf.reshape(y, tf.shape(x))
+            batch = tf.cast(batch, v.dtype)
+            if batch.shape != v.shape:
+                batch = tf.reshape(batch, v.shape)
+            v.assign_sub(BN_MOMENTUM * (v - batch))
 
     @staticmethod
     def _synced_batch_norm(x, stats):
         channel_rank = len(stats["mean"].shape)
         axes = list(range(len(x.shape) - channel_rank))
         mean, var, count = batch_moments(x, axes)
-        unbiased = var * count / tf.maximum(count - 1.0, 1.0)
-        for key, batch in (("mean", mean), ("var", unbiased)):
-            v = stats[key].value
-            v.assign_sub(BN_MOMENTUM * (v - batch))
+        StatefulLayer._update_running_stats(stats, mean, var, count)
         inv = tf.math.rsqrt(var + BN_EPS)
         if "gamma" in stats:
             inv = inv * stats["gamma"].value

@@ -64,6 +64,36 @@ def subsample(x, stride):
     return x[:, ::2, ::2, :] if stride == 2 else x
 
 
+# Whether MixedEdges runs its per-edge pointwise convs as one grouped conv:
+# None decides by device (see `grouped_pointwise`); tests set True/False.
+GROUPED_POINTWISE = None
+
+
+def grouped_pointwise(device: str = "", dtype=tf.float32) -> bool:
+    """Whether grouped 1x1 convs (and their gradients) run where `device` (a
+    tensor's requested device, "" if unplaced) is: on GPUs (cuDNN), and on
+    CPUs in float32 and bfloat16 with oneDNN's kernels, which TensorFlow turns
+    off with TF_ENABLE_ONEDNN_OPTS=0 (so does --deterministic); not in float16
+    on CPUs. Measured on a 2-core CPU: the grouped conv replaces a split, n
+    convs and a concat, ~16% less time on one (64, 32, 32, 4x16) block, the
+    same results, and 8% off the paper-size weight step."""
+    if GROUPED_POINTWISE is not None:
+        return GROUPED_POINTWISE
+    if "GPU" in device.upper():
+        return True
+    if not device and tf.config.list_logical_devices("GPU"):
+        return True
+    return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16) and onednn_enabled()
+
+
+def onednn_enabled() -> bool:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow build without the query: the safe path
+        return False
+
+
 class FactorizedReduce(StatefulLayer):
     """ReLU, two 1x1 stride-2 convs (the second shifted by one pixel), concat, BN.
 
@@ -165,11 +195,18 @@ class MixedEdges(StatefulLayer):
             self.reduce.build(input_shape)
 
     def _pointwise(self, y, kernel):
-        """Edge m's 1x1 conv on its channel block, for every edge."""
-        kernels = tf.unstack(tf.convert_to_tensor(kernel), num=self.n_edges)
-        if self.n_edges == 1:
-            return tf.nn.conv2d(y, kernels[0], 1, "VALID")
-        parts = tf.split(y, self.n_edges, axis=-1)
+        """Edge m's 1x1 conv on its channel block, for every edge: one grouped
+        conv where the device has grouped-conv gradients (oneDNN on CPUs,
+        cuDNN on GPUs), else one conv per block between a split and a concat."""
+        n, c = self.n_edges, self.channels
+        if n == 1:
+            return tf.nn.conv2d(y, kernel[0], 1, "VALID")
+        if grouped_pointwise(y.device, y.dtype):
+            # (n, 1, 1, c, c) -> (1, 1, c, n*c): output block m is edge m's kernel.
+            filters = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [1, 1, c, n * c])
+            return tf.nn.conv2d(y, filters, 1, "VALID")
+        kernels = tf.unstack(tf.convert_to_tensor(kernel), num=n)
+        parts = tf.split(y, n, axis=-1)
         return tf.concat([tf.nn.conv2d(p, k, 1, "VALID") for p, k in zip(parts, kernels)], -1)
 
     def _conv_op(self, tiled, name, training):
