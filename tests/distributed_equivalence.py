@@ -17,6 +17,10 @@ import tensorflow as tf  # noqa: E402
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+from dprime_tf import fast_paths  # noqa: E402
+
+fast_paths.configure_graph_optimizer()  # as the command lines do
+
 from dprime_tf.spaces.cnn.supernet import SearchNetwork  # noqa: E402
 from dprime_tf.searcher import BilevelSearch  # noqa: E402
 

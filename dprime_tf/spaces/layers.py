@@ -215,14 +215,40 @@ class StatefulLayer(keras.layers.Layer):
 
     @staticmethod
     def _synced_batch_norm(x, stats):
+        """Training-mode BN over the global batch of several replicas.
+
+        Forward: two all-reduces (sum and count, then squared deviations from
+        the global mean; see `batch_moments`). Backward: one all-reduce of the
+        per-channel sums of dy and dy * x_hat, the usual synchronized-BN
+        gradient dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)) with
+        global means; automatic differentiation through the forward's two
+        all-reduces would take two more, each a replica synchronization.
+        gamma and beta get this replica's share of their gradient, like every
+        other weight (the step all-reduces the weight gradients).
+        """
         channel_rank = len(stats["mean"].shape)
         axes = list(range(len(x.shape) - channel_rank))
-        mean, var, count = batch_moments(x, axes)
+        params = [stats["gamma"].value, stats["beta"].value] if "gamma" in stats else []
+
+        @tf.custom_gradient
+        def normalize(x, *params):
+            mean, var, count = batch_moments(x, axes)
+            inv = tf.math.rsqrt(var + BN_EPS)
+            scale = inv * params[0] if params else inv
+            centered = x - mean
+            y = centered * scale
+            if params:
+                y = y + params[1]
+
+            def grad(dy, *_unused):  # mean, var and count carry no gradient
+                x_hat = centered * inv
+                local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
+                sum_dy, sum_dy_x_hat = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, local)
+                dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
+                return (dx, local[1], local[0]) if params else dx
+            return (y, mean, var, count), grad
+
+        y, mean, var, count = normalize(x, *params)
         StatefulLayer._update_running_stats(stats, mean, var, count)
-        inv = tf.math.rsqrt(var + BN_EPS)
-        if "gamma" in stats:
-            inv = inv * stats["gamma"].value
-        y = (x - mean) * inv
-        if "beta" in stats:
-            y = y + stats["beta"].value
         return y
