@@ -1,8 +1,9 @@
 """report.html: one page per run directory (search or final training, either
 search space) that a person opens in a browser, with its pictures in plots/.
 
-    <run>/report.html          rewritten at each epoch end (current during a long run;
-                               it reloads itself every minute until the run finishes)
+    <run>/report.html          rewritten at epoch ends (see `RedrawPacer`: every epoch
+                               once epochs take half a minute or more) and at the end;
+                               it reloads itself every minute until the run finishes
     <run>/epochs.json          per epoch: the epoch's logs (loss, accuracy or perplexity,
                                validation, ...) and the step it ended at
     <run>/plots/               the pictures (PNG), next to report.html
@@ -334,18 +335,58 @@ def write_report(run_dir: str, kind: str | None = None, finished: bool | None = 
 
 
 # -- the Keras hook ----------------------------------------------------------------
-def report_callback(run_dir: str, kind: str, step_variable=None):
-    """A Keras callback that records each epoch's logs (epochs.json) and rewrites the
-    report at each epoch end. Put it after the callbacks that add logs (validation)."""
+class RedrawPacer:
+    """Whether an epoch's end redraws a run's pictures (plots/ and report.html).
+
+    Matplotlib takes seconds on a CPU for a search's dozen PNGs: on a tiny run
+    (the tests', a first try of a config) drawing after every epoch was a third
+    of the run's time. An epoch's end redraws when the time since the last
+    redraw (or since the run started) is at least `ratio` times that redraw's
+    duration (`first_cost` seconds before any), so pictures cost at most about
+    1/(ratio + 1) of a run: runs whose epochs take half a minute or more redraw
+    after every epoch. The end of a run always redraws (the jobs call
+    `write_report(..., finished=True)` themselves).
+    """
+
+    def __init__(self, ratio: float = 10.0, first_cost: float = 3.0, clock=time.monotonic):
+        self.ratio, self.cost, self.clock = float(ratio), float(first_cost), clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        return self.clock() - self.last >= self.ratio * self.cost
+
+    def redraw(self, draw):
+        """Runs draw() now and remembers how long it took."""
+        start = self.clock()
+        try:
+            return draw()
+        finally:
+            self.last = self.clock()
+            self.cost = self.last - start
+
+
+def report_callback(run_dir: str, kind: str, step_variable=None, draw_first=None, pacer: RedrawPacer | None = None):
+    """A Keras callback that records each epoch's logs (epochs.json) and, when
+    `pacer` (default: a new RedrawPacer) says so, calls draw_first() (the job's
+    own pictures) and rewrites the report. Put it after the callbacks that add
+    logs (validation)."""
     import keras
+    pacer = pacer or RedrawPacer()
+
+    def draw():
+        if draw_first is not None:
+            draw_first()
+        write_report(run_dir, kind, finished=False)
 
     class ReportCallback(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             step = int(step_variable.numpy()) if step_variable is not None else None
             # the step just taken is step - 1 (history.csv's 0-based steps)
             record_epoch(run_dir, epoch, logs or {}, None if step is None else step - 1)
+            if not pacer.due():
+                return
             try:
-                write_report(run_dir, kind, finished=False)
+                pacer.redraw(draw)
             except Exception as e:  # noqa: BLE001  (a picture must never stop a run)
                 print(f"warning: report.html not updated: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                       flush=True)

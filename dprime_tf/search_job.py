@@ -229,6 +229,8 @@ class SearchJob:
         best_path = os.path.join(run_dir, "best_validation.json")
         best = runs.read_json(best_path, {}) if cfg.resume else {}
 
+        latest = {}
+
         def on_epoch_end(epoch, logs):
             last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
             genotype = net.genotype()
@@ -250,7 +252,7 @@ class SearchJob:
                 runs.atomic_savez(alpha_path, **alpha_hist)
                 runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
                                   genotype.to_json())
-                self._write_plots(alpha_hist, genotype)
+                latest["genotype"] = genotype  # drawn by the report callback, when it redraws
             if cfg.verbose:
                 print(self._epoch_line(epoch, logs, genotype, measures[-1]), flush=True)
 
@@ -274,7 +276,8 @@ class SearchJob:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
             # per-step TensorBoard scalars, alpha heatmaps and the genotype; report.html at each epoch end
             callbacks += [tb_steps.for_search(run_dir, search, net, space, metric),
-                          report.report_callback(run_dir, "search", search.search_step)]
+                          report.report_callback(run_dir, "search", search.search_step, draw_first=lambda: (
+                              latest and self._write_plots(alpha_hist, latest["genotype"])))]
         if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
             callbacks.append(ProgressBar(("loss", metric, "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
                                          cfg.epochs))
@@ -314,8 +317,8 @@ class SearchJob:
             if space.keeps_best_validation_genotype:
                 runs.atomic_write(os.path.join(run_dir, "genotype_last.json"), last_genotype.to_json())
             runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
-            self._write_plots(alpha_hist, genotype, history=True)
-            report.write_report(run_dir, "search", finished=True)
+            self._write_plots(alpha_hist, genotype)
+            report.write_report(run_dir, "search", finished=True)  # + schedule.png, curves, heatmaps
         summary["run_dir"] = run_dir
         return summary
 
@@ -343,15 +346,12 @@ class SearchJob:
                 f"alpha steps {int(self.search.alpha_steps.numpy())}/{int(self.search.search_step.numpy())} "
                 f"{decisiveness.describe(measure)}{cells}")
 
-    def _write_plots(self, alpha_hist, genotype, history=False):
+    def _write_plots(self, alpha_hist, genotype):
+        """The search's own pictures: each cell's op weights over the epochs and the
+        genotype's cells (write_report draws the rest, schedule.png included)."""
         pdir = os.path.join(self.run_dir, "plots")
         for kind, hist in alpha_hist.items():
             if len(hist):
                 plots.plot_alpha_history(os.path.join(pdir, f"alphas_{kind}.png"), hist, self.net.primitives,
                                          f"{kind} cell: mixing weights per edge", x=np.arange(1, len(hist) + 1))
         self.space.draw_genotype(pdir, genotype)
-        hist_path = os.path.join(self.run_dir, "history.csv")
-        if history and os.path.exists(hist_path):
-            h = runs.read_history(hist_path)
-            if h:
-                plots.plot_schedule(os.path.join(pdir, "schedule.png"), h)

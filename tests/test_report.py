@@ -192,3 +192,38 @@ def test_tuning_results_table_and_plot(tmp_path):
     assert (tmp_path / "trials.csv").read_text().splitlines()[0] == "trial,status,objective,rho,reg"
     assert (tmp_path / "plots" / "trials.png").read_bytes()[:8] == PNG
     assert "plots/trials.png" in (tmp_path / "report.html").read_text()
+
+
+def test_redraw_pacer_keeps_drawing_to_a_tenth_of_the_run():
+    """An epoch's end redraws once 10x the last drawing's duration has passed since it."""
+    from dprime_tf.report import RedrawPacer
+    now = [0.0]
+    pacer = RedrawPacer(ratio=10, first_cost=3.0, clock=lambda: now[0])
+    now[0] = 29.0
+    assert not pacer.due()  # before any drawing: 10 x 3 s from the start
+
+    def draw(seconds):
+        now[0] += seconds
+        return "drawn"
+
+    now[0] = 30.0
+    assert pacer.due() and pacer.redraw(lambda: draw(2.0)) == "drawn"
+    assert pacer.last == 32.0 and pacer.cost == 2.0
+    now[0] = 51.9
+    assert not pacer.due()  # 19.9 s after a 2 s drawing
+    now[0] = 52.0
+    assert pacer.due()
+    # epochs longer than 10 x the drawing: every epoch redraws
+    for epoch_end in (100.0, 200.0, 300.0):
+        now[0] = epoch_end
+        assert pacer.due()
+        pacer.redraw(lambda: draw(5.0))
+    # a drawing that fails still counts its time (the callback reports it and the run goes on)
+    now[0] = 400.0
+
+    def broken():
+        now[0] += 1.0
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        pacer.redraw(broken)
+    assert pacer.last == 401.0 and pacer.cost == 1.0
