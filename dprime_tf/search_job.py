@@ -229,8 +229,6 @@ class SearchJob:
         best_path = os.path.join(run_dir, "best_validation.json")
         best = runs.read_json(best_path, {}) if cfg.resume else {}
 
-        latest = {}
-
         def on_epoch_end(epoch, logs):
             last_logs.update(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if k.startswith("val_")})
             genotype = net.genotype()
@@ -252,7 +250,6 @@ class SearchJob:
                 runs.atomic_savez(alpha_path, **alpha_hist)
                 runs.atomic_write(os.path.join(run_dir, "genotypes", f"epoch_{epoch + 1:03d}.json"),
                                   genotype.to_json())
-                latest["genotype"] = genotype  # drawn by the report callback, when it redraws
             if cfg.verbose:
                 print(self._epoch_line(epoch, logs, genotype, measures[-1]), flush=True)
 
@@ -274,10 +271,11 @@ class SearchJob:
             on_epoch_end(done_epochs - 1, {f"val_{k}": v for k, v in self.validation_logs().items()})
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
-            # per-step TensorBoard scalars, alpha heatmaps and the genotype; report.html at each epoch end
+            # per-step TensorBoard scalars, alpha heatmaps and the genotype; report.html and the
+            # search's own pictures at epoch ends, when the report's pacer redraws
             callbacks += [tb_steps.for_search(run_dir, search, net, space, metric),
-                          report.report_callback(run_dir, "search", search.search_step, draw_first=lambda: (
-                              latest and self._write_plots(alpha_hist, latest["genotype"])))]
+                          report.report_callback(run_dir, "search", search.search_step,
+                                                 draw_first=lambda: self._write_plots(alpha_hist, net.genotype()))]
         if cfg.verbose == 1 and chief:  # a bar with the numbers that matter, not every log
             callbacks.append(ProgressBar(("loss", metric, "alpha_steps", "fi_ewma", "tau"), steps_per_epoch,
                                          cfg.epochs))
