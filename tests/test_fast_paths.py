@@ -235,3 +235,27 @@ def test_training_fast_paths_track_the_float32_training(no_op_determinism):
         if precision != "float32":
             assert net.compute_dtype == fast_paths.POLICIES[precision].replace("mixed_", "")
             assert net(np.zeros((1, 16, 16, 3), np.float32)).dtype == "float32"  # logits stay float32
+
+
+def test_graph_optimizer_settings_follow_the_devices_and_DPRIME_GRAPPLER(monkeypatch):
+    """Where no GPU is visible: one Grappler pass, without the passes that buy a CPU nothing;
+    DPRIME_GRAPPLER=0 turns Grappler off. (conftest.py applies the default for every test.)"""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import rewriter_config_pb2 as rc
+    from tensorflow.python.eager import context
+    assert not tf.config.list_physical_devices("GPU")
+    try:
+        monkeypatch.setenv("DPRIME_GRAPPLER", "0")
+        assert fast_paths.configure_graph_optimizer() is False
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is True
+        monkeypatch.delenv("DPRIME_GRAPPLER")
+    finally:
+        assert fast_paths.configure_graph_optimizer() is True
+    options = tf.config.optimizer.get_experimental_options()
+    assert options["disable_meta_optimizer"] is False
+    assert all(options[name] is False for name in fast_paths.CPU_SKIPPED_OPTIMIZERS)
+    rewrite = context.context().function_call_options.config_proto_serialized
+    config = context.context().config
+    config.ParseFromString(rewrite)
+    assert config.graph_options.rewrite_options.meta_optimizer_iterations == rc.RewriterConfig.ONE
+    assert config.graph_options.rewrite_options.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
