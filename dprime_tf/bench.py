@@ -38,6 +38,7 @@ flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps weight step
 flags.DEFINE_integer("profile_steps", 2, "Weight steps to profile.")
 flags.DEFINE_enum("kinds", "both", ("both", "weight", "alpha"), "Which steps to time.")
 fast_paths.define_flags(flags)
+flags.DEFINE_bool("recompute", False, fast_paths.RECOMPUTE_HELP)
 flags.adopt_module_key_flags(fast_paths)  # listed in --help with the command's own flags
 FLAGS = flags.FLAGS
 
@@ -84,7 +85,7 @@ def main(argv):
     grappler = fast_paths.configure_graph_optimizer()
     t0 = time.perf_counter()
     with fast_paths.policy(FLAGS.precision):
-        net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size)
+        net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size, recompute=FLAGS.recompute)
     search = BilevelSearch(net, steps_per_epoch=1000, epochs=50, loss_scale=fast_paths.loss_scaling(FLAGS.precision),
                            jit_compile=FLAGS.xla)
     build_s = time.perf_counter() - t0
@@ -117,7 +118,7 @@ def main(argv):
     peak = matmul_flops_per_second()
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"supernet C={FLAGS.init_channels} L={FLAGS.layers} {size}x{size} batch {b}, precision {FLAGS.precision}"
-          f"{', XLA' if FLAGS.xla else ''}, Grappler {'on' if grappler else 'off'}: "
+          f"{', XLA' if FLAGS.xla else ''}{', recompute' if FLAGS.recompute else ''}, Grappler {'on' if grappler else 'off'}: "
           f"{sum(int(np.prod(w.shape)) for w in net.trainable_weights):,} weights; built in {build_s:.1f} s")
     print(f"forward: {macs / 1e6:.1f} M multiply-adds per image ({2 * macs / 1e9:.3f} GFLOP); "
           f"a step (forward + backward) is about 3x that")

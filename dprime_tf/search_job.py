@@ -91,6 +91,7 @@ class SearchConfig:
     # GPU fast paths (dprime_tf.fast_paths)
     precision: str = "float32"  # float32, bf16, fp16 (with loss scaling)
     xla: bool = False  # compile each replica's step with XLA
+    recompute: bool = False  # image supernet: recompute each cell's activations in the backward pass
 
     @property
     def search_space(self) -> str:

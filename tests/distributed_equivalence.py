@@ -1,7 +1,10 @@
 """Run as a script: one search step on 2 logical CPU replicas vs one device.
 
 Prints one JSON line with the largest differences. Logical devices must be
-configured before TensorFlow starts, hence a separate process.
+configured before TensorFlow starts, hence a separate process. With
+"recompute" as the fourth argument the replicas' supernet recomputes its
+cells' activations in the backward pass (--recompute) and the one device's
+does not.
 """
 
 import json
@@ -25,9 +28,9 @@ from dprime_tf.spaces.cnn.supernet import SearchNetwork  # noqa: E402
 from dprime_tf.searcher import BilevelSearch  # noqa: E402
 
 
-def make(strategy, schedule, reg):
+def make(strategy, schedule, reg, recompute=False):
     with strategy.scope():
-        net = SearchNetwork(4, 3, 10, image_size=16)
+        net = SearchNetwork(4, 3, 10, image_size=16, recompute=recompute)
         # schedfreq 1: the fixed schedule takes an alpha step on every step (the dynamic
         # one with m=4 within a few); admm_freq 1: every alpha step updates ADMM's Z and U.
         search = BilevelSearch(net, steps_per_epoch=4, epochs=2, schedule=schedule, schedfreq=1,
@@ -43,7 +46,7 @@ def state(search):
     return [(v.path, v.numpy()) for v in variables]
 
 
-def main(schedule="fixed", reg="prox", steps=2):
+def main(schedule="fixed", reg="prox", steps=2, recompute=False):
     import time
     started = time.time()
     tf.keras.utils.set_random_seed(0)
@@ -55,7 +58,7 @@ def main(schedule="fixed", reg="prox", steps=2):
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     net1, s1 = make(tf.distribute.get_strategy(), schedule, reg)
-    net2, s2 = make(mirrored, schedule, reg)
+    net2, s2 = make(mirrored, schedule, reg, recompute)
     for a, b in zip(s1.weights, s2.weights):  # the same start: weights, alphas, ADMM Z/U, schedule state
         b.assign(a.numpy())
     out = {"replicas": mirrored.num_replicas_in_sync, "steps": steps, "per_step": []}
@@ -87,4 +90,5 @@ def main(schedule="fixed", reg="prox", steps=2):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3], int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+    main(*sys.argv[1:3], int(sys.argv[3]) if len(sys.argv) > 3 else 2,
+         len(sys.argv) > 4 and sys.argv[4] == "recompute")

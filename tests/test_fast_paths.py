@@ -60,7 +60,8 @@ def test_the_flags_are_recorded_in_a_runs_flags_txt():
                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         assert out.returncode == 0, out.stderr[-2000:]
         names = eval(out.stdout.strip().splitlines()[-1])
-        assert {"precision", "xla"} <= set(names), module
+        expected = {"precision", "xla"} | ({"recompute"} if module == "dprime_tf.search" else set())
+        assert expected <= set(names), module
 
 
 def test_bad_fast_path_settings_are_one_line_errors():
@@ -71,6 +72,8 @@ def test_bad_fast_path_settings_are_one_line_errors():
         search_job.validate(search_job.SearchConfig(dataset="ptb_sample", output_dir="x", precision="bf16"))
     with pytest.raises(UserError, match="--xla is for image networks"):
         search_job.validate(search_job.SearchConfig(dataset="ptb_sample", output_dir="x", xla=True))
+    with pytest.raises(UserError, match="--recompute is for image networks"):
+        search_job.validate(search_job.SearchConfig(dataset="ptb_sample", output_dir="x", recompute=True))
     with pytest.raises(UserError, match="--mixed_precision means --precision=fp16, not --precision=bf16"):
         train_job.validate(train_job.TrainConfig(output_dir="/nonexistent/x", mixed_precision=True,
                                                  precision="bf16"))

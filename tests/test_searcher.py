@@ -85,8 +85,13 @@ def test_two_replicas_match_one_device():
     and once an activation lies within rounding of a ReLU kink or a max-pool tie the
     gradients differ by that unit's whole contribution (seen: 4e-7 after one step,
     2e-4 after the next on this tiny network). Later steps must still take the same
-    decisions."""
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "distributed_equivalence.py"), "fixed", "admm", "2"],
+    decisions.
+
+    The replicas' supernet recomputes its cells in the backward pass (--recompute): the
+    same arithmetic, and under MirroredStrategy each replica's replay must leave the
+    running statistics alone (tests/test_supernet.py compares recompute on one device)."""
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "distributed_equivalence.py"), "fixed", "admm", "2",
+                           "recompute"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

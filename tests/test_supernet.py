@@ -134,3 +134,38 @@ def test_grouped_pointwise_is_used_only_where_its_gradient_runs():
     assert not grouped_pointwise("/device:CPU:0", tf.float16)
     assert grouped_pointwise("/device:CPU:0", tf.float32) == onednn_enabled()
     assert grouped_pointwise("/device:CPU:0", tf.bfloat16) == onednn_enabled()
+
+
+def test_recompute_gives_the_same_step_and_updates_running_statistics_once():
+    """--recompute (each cell's activations recomputed in the backward pass): the same loss,
+    weight and alpha gradients as the plain supernet, and batch-norm running statistics that
+    moved once (a replay that updated them again would move them 0.19 of the way, not 0.1)."""
+    plain = SearchNetwork(4, 3, 10, image_size=16)
+    replayed = SearchNetwork.from_config({**plain.get_config(), "recompute": True})
+    assert replayed.recompute and not plain.recompute
+    replayed.set_weights(plain.get_weights())
+    x = tf.random.stateless_normal((4, 16, 16, 3), seed=(1, 2))
+    y = tf.constant([0, 3, 7, 9])
+
+    @tf.function(autograph=False)
+    def step(net):
+        variables = net.trainable_weights + net.alphas
+        with tf.GradientTape() as tape:
+            tape.watch([v.value for v in net.alphas])
+            logits = net(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        return loss, tape.gradient(loss, variables)
+
+    before = [v.numpy() for v in plain.non_trainable_weights if "moving" in v.path]
+    (loss_a, grads_a), (loss_b, grads_b) = step(plain), step(replayed)
+    np.testing.assert_allclose(loss_a.numpy(), loss_b.numpy(), rtol=1e-6)
+    assert len(grads_a) == len(plain.trainable_weights) + 2 and all(g is not None for g in grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        np.testing.assert_allclose(ga.numpy(), gb.numpy(), rtol=1e-4, atol=1e-6)
+    stats = [(p.path, p.numpy(), r.numpy()) for p, r in zip(plain.non_trainable_weights, replayed.non_trainable_weights)
+             if "moving" in p.path]
+    assert len(stats) == len(before) > 50
+    moved = [not np.allclose(p, b) for (_, p, _), b in zip(stats, before)]
+    assert sum(moved) > len(stats) // 2
+    for path, p, r in stats:
+        np.testing.assert_allclose(r, p, rtol=1e-5, atol=1e-7, err_msg=path)

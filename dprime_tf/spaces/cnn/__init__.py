@@ -69,7 +69,7 @@ class CNNSpace(SearchSpace):
     def build_supernet(self, cfg, data):
         from dprime_tf.spaces.cnn.supernet import SearchNetwork
         return SearchNetwork(cfg.init_channels, cfg.layers, data.network_args["num_classes"],
-                             image_size=data.network_args["image_size"])
+                             image_size=data.network_args["image_size"], recompute=cfg.recompute)
 
     def draw_genotype(self, plot_dir, genotype):
         from dprime_tf import plots

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, torch_default_init
+from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, recompute_in_backward, torch_default_init
 from dprime_tf.spaces.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
@@ -304,8 +304,9 @@ class SearchNetwork(keras.Model):
 
     search_space = "cnn"
 
-    def __init__(self, init_channels=16, layers=8, num_classes=10, image_size=32, **kwargs):
+    def __init__(self, init_channels=16, layers=8, num_classes=10, image_size=32, recompute=False, **kwargs):
         super().__init__(**kwargs)
+        self.recompute = bool(recompute)  # recompute each cell's activations in the backward pass
         self.init_channels, self.num_layers = int(init_channels), int(layers)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         if self.num_layers < 3:
@@ -379,7 +380,12 @@ class SearchNetwork(keras.Model):
         w_normal = tf.nn.softmax(self.alpha_normal, axis=-1)
         w_reduce = tf.nn.softmax(self.alpha_reduce, axis=-1)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, training=training)
+            weights = w_reduce if cell.reduction else w_normal
+            if self.recompute and training:
+                s0, s1 = s1, recompute_in_backward(lambda a, b, w, cell=cell: cell(a, b, w, training=True),
+                                                   s0, s1, weights)
+            else:
+                s0, s1 = s1, cell(s0, s1, weights, training=training)
         pooled = tf.reduce_mean(s1, axis=[1, 2])
         return tf.matmul(pooled, self.classifier_kernel) + self.classifier_bias
 
@@ -405,7 +411,7 @@ class SearchNetwork(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "init_channels": self.init_channels, "layers": self.num_layers,
-                "num_classes": self.num_classes, "image_size": self.image_size}
+                "num_classes": self.num_classes, "image_size": self.image_size, "recompute": self.recompute}
 
     @classmethod
     def from_config(cls, config):

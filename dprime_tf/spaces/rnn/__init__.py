@@ -60,6 +60,7 @@ def language_model_checks(cfg) -> list[tuple[bool, str]]:
          "(drop --precision)"),
         (not getattr(cfg, "xla", False), "--xla is for image networks: a language model's windows vary in length "
                                          "and XLA would recompile for each (drop --xla)"),
+        (not getattr(cfg, "recompute", False), "--recompute is for image networks (drop --recompute)"),
     ]
 
 
