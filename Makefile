@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make search   set up .venv, then run a small DARTS-PRIME search on the embedded sample
 #   make test     set up .venv, then run the tests (what CI runs)
-#   make test-fast   the unit and golden tests only (no end-to-end runs; ~2 minutes)
+#   make test-fast   the unit and golden tests only (no end-to-end runs; ~4 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
