@@ -38,7 +38,7 @@ flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps weight step
 flags.DEFINE_integer("profile_steps", 2, "Weight steps to profile.")
 flags.DEFINE_enum("kinds", "both", ("both", "weight", "alpha"), "Which steps to time.")
 fast_paths.define_flags(flags)
-flags.DEFINE_bool("recompute", False, fast_paths.RECOMPUTE_HELP)
+fast_paths.define_recompute_flag(flags)
 flags.adopt_module_key_flags(fast_paths)  # listed in --help with the command's own flags
 FLAGS = flags.FLAGS
 

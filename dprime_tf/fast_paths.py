@@ -38,6 +38,11 @@ def define_flags(flags):
     flags.DEFINE_bool("xla", False, XLA_HELP)
 
 
+def define_recompute_flag(flags):
+    """--recompute on an absl flags module (search and bench: the image supernet has it)."""
+    flags.DEFINE_bool("recompute", False, RECOMPUTE_HELP)
+
+
 def checks(cfg) -> list[tuple[bool, str]]:
     precision = getattr(cfg, "precision", "float32")
     return [(precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"),
@@ -108,11 +113,11 @@ def configure_graph_optimizer() -> bool:
         options.update({name: False for name in CPU_SKIPPED_OPTIMIZERS})
     tf.config.optimizer.set_experimental_options(options)
     if keep:
-        _one_optimizer_pass(memory_optimizer=gpu)
+        _set_context_rewrite_options(memory_optimizer=gpu)
     return keep
 
 
-def _one_optimizer_pass(memory_optimizer: bool):
+def _set_context_rewrite_options(memory_optimizer: bool):
     """Function calls made from this thread run Grappler's meta-optimizer once,
     and without its memory optimizer unless `memory_optimizer`.
 

@@ -77,7 +77,7 @@ flags.DEFINE_float("arch_learning_rate", 3e-4, "Alpha Adam learning rate.")
 flags.DEFINE_float("arch_weight_decay", 1e-3, "Alpha L2 (added to the gradient).")
 # GPU fast paths (image searches)
 fast_paths.define_flags(flags)
-flags.DEFINE_bool("recompute", False, fast_paths.RECOMPUTE_HELP)
+fast_paths.define_recompute_flag(flags)
 flags.adopt_module_key_flags(fast_paths)  # recorded in the run's flags.txt, re-read by --resume
 
 

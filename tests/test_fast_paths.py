@@ -244,6 +244,7 @@ def test_graph_optimizer_settings_follow_the_devices_and_DPRIME_GRAPPLER(monkeyp
     """Where no GPU is visible: one Grappler pass, without the passes that buy a CPU nothing;
     DPRIME_GRAPPLER=0 turns Grappler off. (conftest.py applies the default for every test.)"""
     import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2
     from tensorflow.core.protobuf import rewriter_config_pb2 as rc
     from tensorflow.python.eager import context
     assert not tf.config.list_physical_devices("GPU")
@@ -257,8 +258,7 @@ def test_graph_optimizer_settings_follow_the_devices_and_DPRIME_GRAPPLER(monkeyp
     options = tf.config.optimizer.get_experimental_options()
     assert options["disable_meta_optimizer"] is False
     assert all(options[name] is False for name in fast_paths.CPU_SKIPPED_OPTIMIZERS)
-    rewrite = context.context().function_call_options.config_proto_serialized
-    config = context.context().config
-    config.ParseFromString(rewrite)
-    assert config.graph_options.rewrite_options.meta_optimizer_iterations == rc.RewriterConfig.ONE
-    assert config.graph_options.rewrite_options.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
+    rewrite = config_pb2.ConfigProto.FromString(
+        context.context().function_call_options.config_proto_serialized).graph_options.rewrite_options
+    assert rewrite.meta_optimizer_iterations == rc.RewriterConfig.ONE
+    assert rewrite.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
