@@ -169,3 +169,69 @@ def test_recompute_gives_the_same_step_and_updates_running_statistics_once():
     assert sum(moved) > len(stats) // 2
     for path, p, r in stats:
         np.testing.assert_allclose(r, p, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def _custom_gradient_batch_norm(x, scale, offset, epsilon=1e-5):
+    """The training-mode BN of `layers.precise_batch_norm` written with tf.custom_gradient
+    (its previous form): the reference for its tape record and its gradient override."""
+    from dprime_tf.spaces.layers import channel_sum
+    channels = x.shape[-1]
+    count = float(np.prod(x.shape[:-1]))
+    zeros = tf.zeros([channels], x.dtype)
+
+    @tf.custom_gradient
+    def normalize(x, scale, offset):
+        mean = channel_sum(x) / count
+        centered = x - mean
+        var = channel_sum(tf.square(centered)) / count
+        c4 = centered if len(x.shape) == 4 else tf.reshape(centered, [-1, 1, 1, channels])
+        y = tf.raw_ops.FusedBatchNormV3(x=c4, scale=scale, offset=offset, mean=zeros, variance=var, epsilon=epsilon,
+                                        exponential_avg_factor=1.0, data_format="NHWC", is_training=False)[0]
+
+        def grad(dy):
+            dy4 = tf.reshape(dy, tf.shape(c4))
+            dx, ds, do = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy4, x=c4, scale=scale, reserve_space_1=zeros, reserve_space_2=var,
+                reserve_space_3=tf.zeros([0], x.dtype), epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
+            return tf.reshape(dx, tf.shape(x)), ds, do
+        return tf.reshape(y, tf.shape(x)), grad
+    return normalize(x, scale, offset)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 6, 8), (12, 8)])
+def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
+    """precise_batch_norm attaches its fused training-mode gradient without tf.custom_gradient (cheaper to
+    trace): a gradient tape and symbolic differentiation (tf.gradients) both get the same bits as the
+    custom-gradient form, for x, scale and offset, through two stacked BNs."""
+    from dprime_tf.spaces.layers import precise_batch_norm
+    rng = np.random.default_rng(3)
+    x = tf.constant(np.abs(rng.standard_normal(shape)) * 0.5 + 2.0, tf.float32)
+    w = tf.constant(rng.standard_normal(shape), tf.float32)
+    scale = tf.constant(rng.uniform(0.5, 1.5, shape[-1]), tf.float32)
+    offset = tf.constant(rng.normal(0, 0.1, shape[-1]), tf.float32)
+
+    def forward(bn):
+        y = bn(tf.nn.relu(bn(x, scale, offset)), scale, offset)
+        return tf.reduce_sum(y * w)
+
+    ours = lambda *a: precise_batch_norm(*a)[0]  # noqa: E731
+
+    def taped(bn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, scale, offset])
+            loss = forward(bn)
+        return [loss, *tape.gradient(loss, [x, scale, offset])]
+
+    def symbolic(bn):
+        loss = forward(bn)
+        return [loss, *tf.gradients(loss, [x, scale, offset])]
+
+    reference = tf.function(lambda: taped(_custom_gradient_batch_norm), autograph=False)()
+    for run in (lambda: taped(ours), lambda: symbolic(ours)):
+        fn = tf.function(run, autograph=False)
+        graph = fn.get_concrete_function().graph
+        assert not [op for op in graph.get_operations() if op.type == "IdentityN"]  # no custom_gradient left
+        for got, want in zip(fn(), reference):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    for got, want in zip(taped(ours), taped(_custom_gradient_batch_norm)):  # eager: the tape record alone
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
