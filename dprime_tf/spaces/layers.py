@@ -296,10 +296,10 @@ class StatefulLayer(keras.layers.Layer):
         """
         channel_rank = len(stats["mean"].shape)
         axes = list(range(len(x.shape) - channel_rank))
-        params = [stats["gamma"].value, stats["beta"].value] if "gamma" in stats else []
+        # read on the tape (gamma and beta get their gradient through these reads)
+        params = [tf.convert_to_tensor(stats[k].value) for k in ("gamma", "beta")] if "gamma" in stats else []
 
-        @tf.custom_gradient
-        def normalize(x, *params):
+        with _record.stop_recording():  # the tape gets one record: (x, *params) -> y, see precise_batch_norm
             mean, var, count = batch_moments(x, axes)
             inv = tf.math.rsqrt(var + BN_EPS)
             scale = inv * params[0] if params else inv
@@ -308,15 +308,13 @@ class StatefulLayer(keras.layers.Layer):
             if params:
                 y = y + params[1]
 
-            def grad(dy, *_unused):  # mean, var and count carry no gradient
-                x_hat = centered * inv
-                local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
-                sum_dy, sum_dy_x_hat = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, local)
-                dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
-                return (dx, local[1], local[0]) if params else dx
-            return (y, mean, var, count), grad
+        def grad(dy):  # mean, var and count carry no gradient
+            x_hat = centered * inv
+            local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
+            sum_dy, sum_dy_x_hat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+            dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
+            return [dx, local[1], local[0]] if params else [dx]
 
-        y, mean, var, count = normalize(x, *params)
+        _record.record_operation("SyncedBatchNorm", [y], [x, *params], grad)
         StatefulLayer._update_running_stats(stats, mean, var, count)
         return y
