@@ -235,3 +235,11 @@ def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
             np.testing.assert_array_equal(got.numpy(), want.numpy())
     for got, want in zip(taped(ours), taped(_custom_gradient_batch_norm)):  # eager: the tape record alone
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_layers_module_reloads():
+    """Reloading the module (IPython's autoreload) keeps working: its gradient override is registered once."""
+    import importlib
+
+    from dprime_tf.spaces import layers
+    importlib.reload(layers)

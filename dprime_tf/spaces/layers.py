@@ -131,13 +131,18 @@ def _training_bn_grad(dy, centered, scale, var, epsilon):
 _FUSED_BN_GRAD_OVERRIDE = "DprimePreciseBatchNorm"
 
 
-@tf.RegisterGradient(_FUSED_BN_GRAD_OVERRIDE)
 def _precise_batch_norm_graph_grad(op, dy, *_unused):
     """`precise_batch_norm`'s gradient for symbolic differentiation: its
     inference-mode FusedBatchNormV3 (inputs: centered x, scale, offset, zero
     mean, batch variance) differentiated as training-mode BN."""
     dx, dscale, doffset = _training_bn_grad(dy, op.inputs[0], op.inputs[1], op.inputs[4], op.get_attr("epsilon"))
     return dx, dscale, doffset, None, None
+
+
+try:
+    tf.RegisterGradient(_FUSED_BN_GRAD_OVERRIDE)(_precise_batch_norm_graph_grad)
+except KeyError:  # registered by an earlier import of this module (a reload, e.g. IPython's autoreload)
+    pass
 
 
 # Per thread: MirroredStrategy traces each replica's step in its own thread.
