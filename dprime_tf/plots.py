@@ -19,11 +19,14 @@ from matplotlib.ticker import MaxNLocator
 from dprime_tf.atomic import atomic_write
 
 DPI = 100
-# Axes titles sit at a fixed height: with matplotlib's default (automatic placement) every
-# axes measures its tick labels' extents to place its title, a third of the time of a
-# many-panel figure; these plots have no decorations above the axes, so the pixels are
-# the same (compared for every plot of a search's report).
-TITLE_Y = 1.0
+
+
+def _title(ax, text, **kwargs):
+    """ax.set_title at a fixed height: with matplotlib's default (automatic placement)
+    every axes measures its tick labels' extents to place its title, a third of the time
+    of a many-panel figure; these plots have no decorations above the axes, so the pixels
+    are the same (compared for every plot of a search's report)."""
+    ax.set_title(text, y=1.0, **kwargs)
 
 
 def _figure(figsize, **kwargs) -> Figure:
@@ -91,7 +94,7 @@ def plot_alpha_history(path, history: np.ndarray, primitives, title: str, x=None
             continue
         for o in range(ops):
             ax.plot(x, history[:, e, o], label=primitives[o], lw=1.2, marker="o" if t < 12 else None, ms=2.5)
-        ax.set_title(labels[e], fontsize=9, y=TITLE_Y)
+        _title(ax, labels[e], fontsize=9)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=min(ops, 8), fontsize=8,
@@ -141,7 +144,7 @@ def plot_alpha_heatmap(path, weights: np.ndarray, primitives, title: str):
     ax = fig.subplots()
     image = _heatmap(ax, weights, primitives, alpha_edge_labels(edges), fontsize=8 if edges <= 20 else 7)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="softmax(alpha)")
-    ax.set_title(title, fontsize=10, y=TITLE_Y)
+    _title(ax, title, fontsize=10)
     return _save(fig, path)
 
 
@@ -162,7 +165,7 @@ def plot_alpha_evolution(path, history: np.ndarray, primitives, title: str, max_
         ax.set_xticklabels(primitives, rotation=60, ha="right", fontsize=6)
         ax.set_yticks(range(edges))
         ax.set_yticklabels(labels, fontsize=6 if edges > 20 else 7)
-        ax.set_title(f"epoch {k + 1}", fontsize=9, y=TITLE_Y)
+        _title(ax, f"epoch {k + 1}", fontsize=9)
     fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.01)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
@@ -189,7 +192,7 @@ def plot_schedule(path, history: dict):
     ax2.set_xlabel("step")
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     rate = float(np.mean(history["alpha_step"])) if len(step) else 0.0
-    ax1.set_title(f"{len(taken)} alpha steps in {len(step)} steps ({rate:.3f} per step)", y=TITLE_Y)
+    _title(ax1, f"{len(taken)} alpha steps in {len(step)} steps ({rate:.3f} per step)")
     _save(fig, path)
 
 
@@ -300,7 +303,7 @@ def plot_cell(path, gene, concat, title: str):
     ax.set_ylim(-1.9, top + 0.35)
     ax.set_aspect("equal")  # arc3 bends in display space: equal scales put the labels on the arcs
     ax.axis("off")
-    ax.set_title(title, fontsize=12, y=TITLE_Y)
+    _title(ax, title, fontsize=12)
     _save(fig, path, dpi=110)
 
 
@@ -337,7 +340,7 @@ def plot_recurrent_cell(path, genotype, title: str):
     ax.set_ylim(-1.9, 0.45 + 0.25 * 1.5 * span)  # above the highest arc's apex
     ax.set_aspect("equal")  # arc3 bends in display space: equal scales put the labels on the arcs
     ax.axis("off")
-    ax.set_title(title, fontsize=12, y=TITLE_Y)
+    _title(ax, title, fontsize=12)
     _save(fig, path, dpi=110)
 
 
@@ -373,7 +376,7 @@ def plot_tuning(path, trials: list[dict], objective: str, direction: str, best: 
         ax.text(1.02, 1.0, f"best trial {best['trial_id']}\n{objective} = {best['score']:.4f}\n\n{text}",
                 transform=ax.transAxes, va="top", fontsize=8, family="monospace",
                 bbox=dict(boxstyle="round", fc="#f6f6f6", ec="0.7"))
-    ax.set_title(f"{len(done)} of {len(trials)} trials completed", y=TITLE_Y)
+    _title(ax, f"{len(done)} of {len(trials)} trials completed")
     _save(fig, path)
 
 
@@ -402,6 +405,6 @@ def plot_per_method(path, values: dict, ylabel: str, title: str):
         ax.text(0.5, 0.5, "no finished trial yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
     ax.set_ylabel(ylabel)
-    ax.set_title(title, y=TITLE_Y)
+    _title(ax, title)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

@@ -139,10 +139,16 @@ def _precise_batch_norm_graph_grad(op, dy, *_unused):
     return dx, dscale, doffset, None, None
 
 
-try:
-    tf.RegisterGradient(_FUSED_BN_GRAD_OVERRIDE)(_precise_batch_norm_graph_grad)
-except KeyError:  # registered by an earlier import of this module (a reload, e.g. IPython's autoreload)
-    pass
+def _register_graph_grad():
+    """Registers the override once per process: a reload of this module (IPython's
+    autoreload) runs this again, and TensorFlow refuses a second registration."""
+    try:
+        tf.RegisterGradient(_FUSED_BN_GRAD_OVERRIDE)(_precise_batch_norm_graph_grad)
+    except KeyError:
+        pass
+
+
+_register_graph_grad()
 
 
 # Per thread: MirroredStrategy traces each replica's step in its own thread.
