@@ -7,14 +7,21 @@ import sys
 
 
 def quiet_tensorflow():
-    """Hide TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices):
-    set the log level and import TensorFlow now, quietly. A command line asking
-    for --deterministic also turns oneDNN's CPU kernels off, which must happen
-    before TensorFlow loads."""
+    """`prepare_tensorflow()`, then import TensorFlow now, quietly."""
+    prepare_tensorflow()
+    import_tensorflow_quietly()
+
+
+def prepare_tensorflow():
+    """Before TensorFlow loads: hide its C++ start-up chatter (CUDA probing,
+    oneDNN notices) and, for a command line asking for --deterministic, turn
+    oneDNN's CPU kernels off (only possible before the import). Imports nothing
+    heavy: a command line calls this at its top, checks its flags, and only then
+    imports TensorFlow (`import_tensorflow_quietly`), so bad input fails in a
+    fraction of a second instead of after TensorFlow's seconds of start-up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules and deterministic_requested(sys.argv):
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import_tensorflow_quietly()
     import warnings
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 

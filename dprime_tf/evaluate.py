@@ -21,9 +21,9 @@ first); perplexity = exp(mean negative log-likelihood per scored token).
 
 from __future__ import annotations
 
-from dprime_tf.cli import no_positional_arguments, quiet_tensorflow, run_main
+from dprime_tf.cli import no_positional_arguments, prepare_tensorflow, run_main
 
-quiet_tensorflow()
+prepare_tensorflow()  # TensorFlow itself loads in main(), after the flags are checked
 
 import os  # noqa: E402
 

@@ -13,23 +13,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# SPEC constants (the reference's defaults).
-RHO = 0.1
-SCHEDFREQ = 10
-THRESHOLD_MULTIPLIER = 1.05  # m
-FI_EWMA_BETA = 0.2
-TAU_INIT = 1.0  # --init_alpha_threshold
-ADMM_FREQ = 10
-# The official ADMM script never passes its zu_ewma flag (0.2), so the
-# model's default 1.0 applies: U = U + (alpha - Z). SPEC section 9.
-ZU_EWMA = 1.0
-# The official FI EWMA is the raw FI after each of the first two weight steps
-# (its FI tensor is aliased and zeroed in place), then the recurrence.
-FI_EWMA_SEED_STEPS = 2
-
-SCHEDULES = ("fixed", "dynamic")
-SPLITS = ("half", "dynamic")
-REGULARIZERS = ("none", "prox", "admm")
+# SPEC constants and the method's choices (dprime_tf.constants: importable without
+# TensorFlow, for the command lines' flag definitions and checks)
+from dprime_tf.constants import (ADMM_FREQ, FI_EWMA_BETA, FI_EWMA_SEED_STEPS, REGULARIZERS, RHO,  # noqa: F401
+                                 SCHEDFREQ, SCHEDULES, SPLITS, TAU_INIT, THRESHOLD_MULTIPLIER, ZU_EWMA)
 
 
 # --------------------------------------------------------------------------

@@ -111,6 +111,27 @@ def looks_like_run(run_dir: str) -> bool:
     return os.path.isdir(run_dir) and any(os.path.exists(os.path.join(run_dir, m)) for m in RUN_MARKERS)
 
 
+def check_run_dir(output_dir: str, resume: bool) -> None:
+    """Before anything starts: the one-line errors of a run directory that cannot be
+    resumed (`--resume` on a directory that is not a run) or that a new run would
+    overwrite (not empty, or a file). The jobs check again under the run's lock."""
+    run_dir = os.path.abspath(output_dir)
+    if resume:
+        if not has_checkpoint_index(run_dir) and not looks_like_run(run_dir):
+            raise UserError(no_checkpoint(run_dir))
+    elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"--output_dir {run_dir} is a file, not a directory")
+    elif os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
+                        "or choose another --output_dir")
+
+
+def no_checkpoint(run_dir: str) -> str:
+    """The message of --resume on a directory without a checkpoint."""
+    return (f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
+            "(pass the --output_dir of an interrupted run, or drop --resume)")
+
+
 def plan_resume(output_dir: str, resume: bool, verbose: int = 1) -> bool:
     """Whether the run really resumes: --resume on a run directory whose first checkpoint
     was never written (killed early) starts the run over in the same directory (see
@@ -119,8 +140,7 @@ def plan_resume(output_dir: str, resume: bool, verbose: int = 1) -> bool:
     if not resume or has_checkpoint_index(run_dir):
         return resume
     if not looks_like_run(run_dir):
-        raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
-                        "(pass the --output_dir of an interrupted run, or drop --resume)")
+        raise UserError(no_checkpoint(run_dir))
     _RESTARTS.add(run_dir)
     if verbose:
         print(f"--resume: {run_dir} has no checkpoint yet (killed before its first one): "

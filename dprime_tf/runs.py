@@ -42,13 +42,11 @@ def prepare_run_dir(run_dir: str, resume: bool) -> str:
     restart = runlock.restart_planned(run_dir)
     if resume:
         if not os.path.isdir(run_dir):
-            raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
-                            "(pass the --output_dir of an interrupted run, or drop --resume)")
+            raise UserError(runlock.no_checkpoint(run_dir))
         runlock.lock_run_dir(run_dir)
         try:
             if latest_checkpoint(os.path.join(run_dir, "checkpoints")) is None:
-                raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
-                                "(pass the --output_dir of an interrupted run, or drop --resume)")
+                raise UserError(runlock.no_checkpoint(run_dir))
             runlock.remove_stale_temporaries(run_dir)
         except BaseException:
             runlock.unlock_run_dir(run_dir)

@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 from dprime_tf import cli
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.cli import prepare_tensorflow, run_main
 
-quiet_tensorflow()
+prepare_tensorflow()  # TensorFlow itself loads in main(), after the flags are checked
 
 from absl import flags  # noqa: E402
 
-from dprime_tf import fast_paths, prime  # noqa: E402
-from dprime_tf.distribute import STRATEGIES  # noqa: E402
+from dprime_tf import constants  # noqa: E402
+from dprime_tf import fast_paths  # noqa: E402
+from dprime_tf.constants import STRATEGIES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -56,17 +57,17 @@ for _space in spaces.registered():
     if _space.search_flags_module:
         flags.adopt_module_key_flags(importlib.import_module(_space.search_flags_module))
 # Method
-flags.DEFINE_enum("schedule", "dynamic", prime.SCHEDULES, "Alpha-step schedule: dynamic (DARTS-PRIME) or fixed.")
-flags.DEFINE_enum("split", "dynamic", prime.SPLITS, "Train/alpha split: dynamic (1-1/(1+schedfreq)) or half.")
-flags.DEFINE_enum("reg", "prox", prime.REGULARIZERS, "Alpha-loss regularizer: prox (DARTS-PRIME), admm, none.")
-flags.DEFINE_float("rho", prime.RHO, "Regularization strength rho.")
-flags.DEFINE_integer("schedfreq", prime.SCHEDFREQ, "Fixed: alpha step every N steps. Dynamic: target ratio 1/(N+1).")
-flags.DEFINE_float("threshold_multiplier", prime.THRESHOLD_MULTIPLIER, "Dynamic schedule's threshold multiplier m.")
-flags.DEFINE_float("init_alpha_threshold", prime.TAU_INIT, "Dynamic schedule's starting threshold tau.")
-flags.DEFINE_float("fi_ewma_beta", prime.FI_EWMA_BETA, "EWMA weight of the newest FI (search space default: "
+flags.DEFINE_enum("schedule", "dynamic", constants.SCHEDULES, "Alpha-step schedule: dynamic (DARTS-PRIME) or fixed.")
+flags.DEFINE_enum("split", "dynamic", constants.SPLITS, "Train/alpha split: dynamic (1-1/(1+schedfreq)) or half.")
+flags.DEFINE_enum("reg", "prox", constants.REGULARIZERS, "Alpha-loss regularizer: prox (DARTS-PRIME), admm, none.")
+flags.DEFINE_float("rho", constants.RHO, "Regularization strength rho.")
+flags.DEFINE_integer("schedfreq", constants.SCHEDFREQ, "Fixed: alpha step every N steps. Dynamic: target ratio 1/(N+1).")
+flags.DEFINE_float("threshold_multiplier", constants.THRESHOLD_MULTIPLIER, "Dynamic schedule's threshold multiplier m.")
+flags.DEFINE_float("init_alpha_threshold", constants.TAU_INIT, "Dynamic schedule's starting threshold tau.")
+flags.DEFINE_float("fi_ewma_beta", constants.FI_EWMA_BETA, "EWMA weight of the newest FI (search space default: "
                    "0.2 for images, 1.0 = raw FI for text, as the official scripts).")
-flags.DEFINE_integer("admm_freq", prime.ADMM_FREQ, "ADMM: Z/U update every N alpha steps.")
-flags.DEFINE_float("zu_ewma", prime.ZU_EWMA, "ADMM: U decay (1.0, as the official script runs it).")
+flags.DEFINE_integer("admm_freq", constants.ADMM_FREQ, "ADMM: Z/U update every N alpha steps.")
+flags.DEFINE_float("zu_ewma", constants.ZU_EWMA, "ADMM: U decay (1.0, as the official script runs it).")
 # Optimizers
 flags.DEFINE_float("learning_rate", 0.025, "Weight SGD learning rate (cosine-annealed per epoch).")
 flags.DEFINE_float("learning_rate_min", 0.001, "Final weight learning rate.")
@@ -87,7 +88,7 @@ def config_from_flags():
     rates, ...), written back into the flags so that flags.txt records them."""
     import dataclasses
 
-    from dprime_tf.search_job import SearchConfig, resolve
+    from dprime_tf.search_config import SearchConfig, resolve
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(SearchConfig) if f.name in FLAGS}
     unset = {name for name in values if not FLAGS[name].present}
     values.update({name: None for name in unset if name in spaces.base.SPACE_DEFAULTED})
@@ -107,13 +108,21 @@ def main(argv):
     cli.reload_flags_for_resume(FLAGS)
     if FLAGS.strategy == "multi_worker" and not FLAGS.output_dir:
         raise UserError("--strategy=multi_worker needs --output_dir (the same on every worker; the chief writes it)")
-    # The strategy comes first: MultiWorkerMirroredStrategy must be created
+    from dprime_tf.search_config import validate
+    cfg = config_from_flags()
+    validate(cfg)  # before TensorFlow starts: bad input fails fast, in one line
+    if FLAGS.strategy == "multi_worker":
+        from dprime_tf.tf_config import read_tf_config
+        read_tf_config()  # (the run directory is the chief's: checked by the chief)
+    else:
+        from dprime_tf import runlock
+        runlock.check_run_dir(cfg.output_dir, cfg.resume)
+    cli.import_tensorflow_quietly()
+    # The strategy comes next: MultiWorkerMirroredStrategy must be created
     # before any other TensorFlow op (nothing above runs one).
     from dprime_tf.distribute import is_chief, make_strategy
     strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices, worker_timeout=FLAGS.worker_timeout)
-    from dprime_tf.search_job import run_search, validate
-    cfg = config_from_flags()
-    validate(cfg)
+    from dprime_tf.search_job import run_search
     if cfg.deterministic:
         from dprime_tf.runs import make_deterministic
         make_deterministic()

@@ -20,10 +20,10 @@ summary.json.
 from __future__ import annotations
 
 from dprime_tf import cli
-from dprime_tf.cli import (module_flags_text, no_positional_arguments, quiet_tensorflow, reload_flags_for_resume,
+from dprime_tf.cli import (module_flags_text, no_positional_arguments, prepare_tensorflow, reload_flags_for_resume,
                            run_main)
 
-quiet_tensorflow()
+prepare_tensorflow()  # TensorFlow itself loads in main(), after the flags are checked
 
 import os  # noqa: E402
 

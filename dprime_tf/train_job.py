@@ -140,8 +140,7 @@ def validate(cfg: TrainConfig):
         return genotype
     if cfg.resume:
         if not runlock.has_checkpoint_index(run_dir):
-            raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from "
-                            "(pass the --output_dir of an interrupted run, or drop --resume)")
+            raise UserError(runlock.no_checkpoint(run_dir))
         if not os.path.isfile(copy):
             raise UserError(f"--resume: {copy} is missing; the run directory is incomplete")
         genotype = genotypes.load(copy)

@@ -23,9 +23,9 @@ workers run trials; all share --tune_dir (a shared filesystem across hosts):
 
 from __future__ import annotations
 
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.cli import prepare_tensorflow, run_main
 
-quiet_tensorflow()
+prepare_tensorflow()  # TensorFlow itself loads in main(), after the flags are checked
 
 from absl import flags  # noqa: E402
 
@@ -57,19 +57,20 @@ def main(argv):
     if FLAGS.strategy == "multi_worker":
         raise UserError("--strategy=multi_worker is not supported inside trials: run several tuner workers "
                         "(KERASTUNER_TUNER_ID, see --help) and/or --strategy=mirrored on multi-GPU hosts")
+    import dataclasses
     import os
     import time
 
-    from dprime_tf.distribute import make_strategy
-    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
-
-    import dataclasses
+    from dprime_tf import cli
+    from dprime_tf.search_config import validate
+    tune_dir = os.path.abspath(FLAGS.tune_dir or cli.default_run_dir("tune"))
+    base = dataclasses.replace(_search_flags.config_from_flags(), output_dir=os.path.join(tune_dir, "unused"))
+    validate(base)  # before TensorFlow starts: bad input fails fast, in one line
+    cli.import_tensorflow_quietly()
 
     from dprime_tf import runs, tuning
-    from dprime_tf.search_job import validate
-    tune_dir = os.path.abspath(FLAGS.tune_dir or runs.default_run_dir("tune"))
-    base = dataclasses.replace(_search_flags.config_from_flags(), output_dir=os.path.join(tune_dir, "unused"))
-    validate(base)
+    from dprime_tf.distribute import make_strategy
+    strategy = make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
     hypermodel = tuning.SearchHyperModel(base, FLAGS.tune, strategy)
     oracle = tuning.make_oracle(FLAGS.tuner, hypermodel.objective, max_trials=FLAGS.max_trials, max_epochs=base.epochs, seed=base.seed,
                                 hyperband_factor=FLAGS.hyperband_factor,

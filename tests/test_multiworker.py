@@ -33,6 +33,10 @@ SEARCH = ["--dataset=sample", "--image_size=16", "--layers=3", "--init_channels=
           "--threshold_multiplier=2", "--schedfreq=2", "--arch_learning_rate=0.01", "--checkpoint_every=2",
           "--seed=3", "--verbose=2"]
 TIMEOUT = 900  # per process; the whole file takes a few minutes on an idle 2-core CPU
+# Heartbeat timeout: the chief notices the killed worker within about this long (with the
+# default 60 s it waited 36-50 s). Heartbeats come every half of it from TensorFlow's own
+# threads, so even a loaded CPU keeps them well inside 20 s.
+WORKER_TIMEOUT = 20
 
 
 def _free_ports(n):
@@ -65,7 +69,8 @@ def _workers(run_dir, tmp, extra=(), n=2):
     for i in range(n):
         env = _env(os.path.join(tmp, f"tmp{i}"))
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(_search([*SEARCH, "--strategy=multi_worker", f"--output_dir={run_dir}", *extra], env))
+        procs.append(_search([*SEARCH, "--strategy=multi_worker", f"--worker_timeout={WORKER_TIMEOUT}",
+                              f"--output_dir={run_dir}", *extra], env))
     return procs
 
 

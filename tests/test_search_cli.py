@@ -62,6 +62,39 @@ def test_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "history.csv").exists()
 
 
+# Runs a command line's main module in this interpreter and reports, after its one-line
+# error, whether TensorFlow was ever imported.
+_TF_LOADED = """
+import runpy, sys
+module, sys.argv = sys.argv[1], [sys.argv[1]] + sys.argv[2:]
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    print("tensorflow loaded:", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("dprime_tf.search", ["--epochs=0", "--output_dir={tmp}/run"], "--epochs must be >= 1"),
+    ("dprime_tf.search", ["--dataset=folder:/no/such/folder", "--output_dir={tmp}/run"], "no such folder"),
+    ("dprime_tf.search", ["--resume", "--output_dir={tmp}/run"], "no checkpoint"),
+    ("dprime_tf.search", ["--strategy=multi_worker", "--output_dir={tmp}/run"], "needs TF_CONFIG"),
+    ("dprime_tf.train", ["--genotype=/no/such/genotype.json", "--output_dir={tmp}/run"], "/no/such/genotype.json"),
+    ("dprime_tf.evaluate", ["--model={tmp}/run"], "run does not exist"),
+    ("dprime_tf.tune", ["--rho=-1", "--tune_dir={tmp}/run"], "--rho must be >= 0"),
+])
+def test_bad_input_fails_before_tensorflow_loads(module, args, message, tmp_path):
+    """Bad flags, data paths and run directories are reported in one line without
+    TensorFlow's seconds of start-up (each command checks first, then imports it)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-c", _TF_LOADED, module, *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    one_line_error(proc, message)
+    assert "tensorflow loaded: False" in proc.stdout, (proc.stdout, proc.stderr)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_restores_the_exact_state(tmp_path):
     """A --deterministic search killed mid-epoch and resumed repeats the uninterrupted run.
