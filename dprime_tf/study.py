@@ -5,7 +5,7 @@
     python -m dprime_tf.study --flagfile=configs/study_cifar.flags --study_dir=/shared/study  # GPUs, days
 
 Every trial searches a cell with one method (--methods: darts, prime, and the
-ablations dynamic, prox, admm; see dprime_tf/studies.py METHODS) and one seed
+ablations dynamic, prox, admm; see dprime_tf/study_config.py METHODS) and one seed
 (--seeds), trains the found genotype (the --train_* flags; unset ones take
 `python -m dprime_tf.train`'s defaults), and scores it on the dataset's
 held-out test split. --baselines adds trials that train a published genotype
@@ -26,20 +26,20 @@ Distributed (keras-tuner's chief/worker mode; all processes share --study_dir):
 
 from __future__ import annotations
 
-from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.cli import prepare_tensorflow, run_main
 
-quiet_tensorflow()
+prepare_tensorflow()  # TensorFlow itself loads in main(), after the flags are checked
 
 from absl import flags  # noqa: E402
 
 from dprime_tf import search as _search_flags  # noqa: E402,F401  (defines the search flags)
-from dprime_tf import studies  # noqa: E402
+from dprime_tf import spaces, study_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("study_dir", None, "The study's directory (default runs/study-<timestamp>); rerun with the same "
                     "one to resume or extend it.")
-flags.DEFINE_list("methods", ["darts", "prime"], f"Search methods (any of {', '.join(studies.METHODS)}).")
+flags.DEFINE_list("methods", ["darts", "prime"], f"Search methods (any of {', '.join(study_config.METHODS)}).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: each method searches (and each baseline trains) once per seed.")
 flags.DEFINE_list("baselines", [], "Genotypes trained like the searched ones: random (drawn per seed) and/or "
                   "published names (DARTS_V2, DARTS_V1).")
@@ -47,7 +47,7 @@ flags.DEFINE_integer("max_retries_per_trial", 0, "Retries of a trial that failed
 
 
 def _define_train_flags():
-    for field in studies.train_fields():
+    for field in study_config.train_fields():
         kind = str(field.type)
         name, helptext = f"train_{field.name}", f"Training: --{field.name} of python -m dprime_tf.train."
         if "bool" in kind:
@@ -74,13 +74,13 @@ def _seeds(values) -> tuple[int, ...]:
     return seeds
 
 
-def study_from_flags() -> studies.Study:
+def study_from_flags() -> study_config.Study:
     import dataclasses
     import os
 
     from dprime_tf import cli
     from dprime_tf.errors import UserError
-    from dprime_tf.search_job import validate
+    from dprime_tf.search_config import validate
     for name, why in (("resume", "rerun the same command (same --study_dir) to resume"),
                       ("output_dir", "trials live in --study_dir"), ("seed", "seeds are per trial: use --seeds")):
         if FLAGS[name].present:
@@ -93,14 +93,14 @@ def study_from_flags() -> studies.Study:
         raise UserError(f"--study_dir {study_dir} is a file, not a directory")
     search = dataclasses.replace(_search_flags.config_from_flags(), output_dir=os.path.join(study_dir, "unused"))
     seeds = _seeds(FLAGS.seeds)
-    space = studies.spaces.for_dataset(search.dataset)
-    methods = tuple(studies.method_names(FLAGS.methods, FLAGS.baselines, space))
-    train = {f.name: FLAGS[f"train_{f.name}"].value for f in studies.train_fields()
+    space = spaces.for_dataset(search.dataset)
+    methods = tuple(study_config.method_names(FLAGS.methods, FLAGS.baselines, space))
+    train = {f.name: FLAGS[f"train_{f.name}"].value for f in study_config.train_fields()
              if FLAGS[f"train_{f.name}"].value is not None}
-    study = studies.Study(study_dir, methods, seeds, search, train)
+    study = study_config.Study(study_dir, methods, seeds, search, train)
     unused = os.path.join(study_dir, "unused")  # settings only: trial directories may hold runs already
     for method in methods:  # every trial's settings, before anything runs
-        if method in studies.METHODS:
+        if method in study_config.METHODS:
             validate(dataclasses.replace(study.search_config(method, seeds[0]), output_dir=unused))
     from dprime_tf import train_job
     train_job.validate(dataclasses.replace(study.train_config("DARTS_V2", methods[0], seeds[0]), output_dir=unused))
@@ -111,12 +111,13 @@ def main(argv):
     import os
     import time
 
-    from dprime_tf import tuning
-    from dprime_tf.cli import no_positional_arguments
-    from dprime_tf.distribute import make_strategy
+    from dprime_tf.cli import import_tensorflow_quietly, no_positional_arguments
     from dprime_tf.errors import UserError
     no_positional_arguments(argv)
-    study = study_from_flags()
+    study = study_from_flags()  # before TensorFlow starts: bad input fails fast, in one line
+    import_tensorflow_quietly()
+    from dprime_tf import studies, tuning
+    from dprime_tf.distribute import make_strategy
     role = os.environ.get("KERASTUNER_TUNER_ID", "")
     tuning.oracle_address(os.environ, role)
     chief = "KERASTUNER_ORACLE_IP" not in os.environ or "chief" in role

@@ -82,6 +82,7 @@ finally:
     ("dprime_tf.train", ["--genotype=/no/such/genotype.json", "--output_dir={tmp}/run"], "/no/such/genotype.json"),
     ("dprime_tf.evaluate", ["--model={tmp}/run"], "run does not exist"),
     ("dprime_tf.tune", ["--rho=-1", "--tune_dir={tmp}/run"], "--rho must be >= 0"),
+    ("dprime_tf.study", ["--methods=primer", "--study_dir={tmp}/run"], "unknown method 'primer'"),
 ])
 def test_bad_input_fails_before_tensorflow_loads(module, args, message, tmp_path):
     """Bad flags, data paths and run directories are reported in one line without
