@@ -122,8 +122,13 @@ def check_run_dir(output_dir: str, resume: bool) -> None:
     elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UserError(f"--output_dir {run_dir} is a file, not a directory")
     elif os.path.isdir(run_dir) and os.listdir(run_dir):
-        raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
-                        "or choose another --output_dir")
+        raise UserError(not_empty(run_dir))
+
+
+def not_empty(run_dir: str) -> str:
+    """The message of a new run in a directory that already holds files."""
+    return (f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
+            "or choose another --output_dir")
 
 
 def no_checkpoint(run_dir: str) -> str:

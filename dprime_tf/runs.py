@@ -55,8 +55,7 @@ def prepare_run_dir(run_dir: str, resume: bool) -> str:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UserError(f"--output_dir {run_dir} is a file, not a directory")
     if not restart and os.path.isdir(run_dir) and os.listdir(run_dir):
-        raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
-                        "or choose another --output_dir")
+        raise UserError(runlock.not_empty(run_dir))
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
@@ -69,8 +68,7 @@ def prepare_run_dir(run_dir: str, resume: bool) -> str:
             runlock.clear_for_restart(run_dir)
             runlock.remove_stale_temporaries(run_dir)
         elif os.listdir(run_dir):  # another process wrote there between the check and the lock
-            raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
-                            "or choose another --output_dir")
+            raise UserError(runlock.not_empty(run_dir))
     except BaseException:
         runlock.unlock_run_dir(run_dir)
         raise

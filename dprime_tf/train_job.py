@@ -149,8 +149,7 @@ def validate(cfg: TrainConfig):
                             "drop --genotype to resume, or start a new --output_dir")
         return genotype
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not runlock.restart_planned(run_dir):
-        raise UserError(f"--output_dir {run_dir} is not empty: pass --resume to continue that run, "
-                        "or choose another --output_dir")
+        raise UserError(runlock.not_empty(run_dir))
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UserError(f"--output_dir {run_dir} is a file, not a directory")
     if not cfg.genotype:
