@@ -1,5 +1,10 @@
 """The CNN supernet: size, structure, and parity with the reference implementation."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -241,3 +246,22 @@ def test_layers_module_can_be_imported_again():
     """A reload of the module (IPython's autoreload) registers its gradient override again: no error."""
     from dprime_tf.spaces import layers
     layers._register_graph_grad()
+
+
+def test_replica_sum_is_the_all_reduce_without_merge_call():
+    """layers.replica_sum (the synchronized batch norm's all-reduces) on 2 logical CPUs: the
+    same sums as ReplicaContext.all_reduce and NumPy, the all-sum's gradient, the public path
+    for a dynamic shape, global-batch moments; traced without merge_call (each one a hand-off
+    between the replicas' tracing threads) and with one collective op per call."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, os.path.join(here, "replica_sum_check.py")], capture_output=True,
+                          text=True, timeout=600, cwd=os.path.dirname(here))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["sum_diff"] == r["public_diff"] == r["fallback_diff"] == 0.0, r
+    assert r["grad_diff"] == 0.0, r  # the gradient of an all-sum is the all-sum of the gradients
+    assert r["mean_diff"] < 1e-6 and r["var_diff"] < 1e-6 and r["count"] == [10.0, 10.0], r
+    assert r["shapes"] == [[], [], [2, 4], [2, 4]], r
+    assert r["merge_calls"]["ours"] == 0 and r["merge_calls"]["public"] > 0, r
+    # per replica: values, gradient, public (TensorFlow packs the three), fallback, two for the moments
+    assert r["collectives"] == 2 * 6, r

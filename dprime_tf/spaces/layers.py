@@ -24,24 +24,87 @@ def torch_default_init(fan_in: int):
     return keras.initializers.RandomUniform(-bound, bound)
 
 
-def batch_moments(x, axes):
+def _collective_launcher(ctx):
+    """This replica's collective-op launcher of the strategy, or None.
+
+    MirroredStrategy and MultiWorkerMirroredStrategy keep one
+    CollectiveReplicaLauncher per local device (TensorFlow's own path for
+    all-reduces without merge_call, used under XLA on GPUs): it hands out the
+    instance keys in call order and the ordering token NCCL needs. Private
+    API: any other strategy, or another TensorFlow, gets None and the public
+    path."""
+    extended = ctx.strategy.extended
+    for name in ("_collective_ops", "_cross_device_ops"):
+        launchers = getattr(getattr(extended, name, None), "_launchers", None)
+        if launchers:
+            replica = getattr(ctx, "_replica_id", None)
+            if isinstance(replica, int) and 0 <= replica < len(launchers) and hasattr(launchers[replica], "all_reduce"):
+                return launchers[replica], getattr(extended, "_communication_options", None)
+    return None
+
+
+def replica_sum(tensors, differentiable=True):
+    """[sum over the replicas of t for t in tensors], in a replica context.
+
+    The same result as `ReplicaContext.all_reduce(SUM, tensors)`, built as one
+    collective op on one flat vector (static sizes) called from the replica's
+    own thread. The public call goes through merge_call (a hand-off between
+    the replicas' tracing threads) and a generic packer: ~30 graph nodes per
+    call and per replica, and the supernets' synchronized batch norm makes
+    three calls per BN. With `differentiable`, the gradient of the all-sum is
+    the all-sum of the gradients (as the public call's); without, no gradient
+    is defined (the caller records its own)."""
+    ctx = tf.distribute.get_replica_context()
+    found = None if tf.executing_eagerly() else _collective_launcher(ctx)
+    shapes = [t.shape for t in tensors]
+    if found is None or not all(shape.is_fully_defined() for shape in shapes):
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+    launcher, options = found
+
+    def all_sum(*xs):
+        flat = [x if x.shape.rank == 1 else tf.reshape(x, [-1]) for x in xs]
+        total = launcher.all_reduce(flat[0] if len(flat) == 1 else tf.concat(flat, 0), options=options)
+        parts = [total] if len(xs) == 1 else tf.split(total, [shape.num_elements() for shape in shapes])
+        return [p if shape.rank == 1 else tf.reshape(p, shape) for p, shape in zip(parts, shapes)]
+
+    if not differentiable:
+        return all_sum(*tensors)
+
+    @tf.custom_gradient
+    def recorded(*xs):
+        return all_sum(*xs), lambda *dys: replica_sum(dys)
+
+    return recorded(*tensors)
+
+
+def batch_moments(x, axes, differentiable=True):
     """Mean, biased variance and element count per channel over `axes`.
 
     Under tf.distribute with several replicas the statistics are those of the
     global batch (an all-reduce of sum, sum of squares and count), so a
     distributed step computes exactly what one device computes on the same
-    global batch.
+    global batch. With a static shape every replica has the same count (the
+    input pipeline's shapes are the same on every replica), so only the sums
+    are all-reduced. `differentiable=False`: no gradient through the
+    all-reduces (the caller records its own).
     """
     ctx = tf.distribute.get_replica_context()
-    local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+    if x.shape.is_fully_defined():
+        local_count = tf.constant(float(np.prod([x.shape[a] for a in axes])), x.dtype)
+    else:
+        local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
     if ctx is None or ctx.num_replicas_in_sync == 1:
         mean, var = tf.nn.moments(x, axes)
         return mean, var, local_count
     # Two passes (mean, then squared deviations) over the global batch: the
     # one-pass E[x^2] - E[x]^2 loses float32 precision when |mean| >> std.
-    s, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x, axes), local_count])
+    if x.shape.is_fully_defined():
+        count = local_count * ctx.num_replicas_in_sync
+        s, = replica_sum([tf.reduce_sum(x, axes)], differentiable)
+    else:
+        s, count = replica_sum([tf.reduce_sum(x, axes), local_count], differentiable)
     mean = s / count
-    ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axes))
+    ss, = replica_sum([tf.reduce_sum(tf.square(x - mean), axes)], differentiable)
     return mean, ss / count, count
 
 
@@ -311,7 +374,7 @@ class StatefulLayer(keras.layers.Layer):
         params = [tf.convert_to_tensor(stats[k].value) for k in ("gamma", "beta")] if "gamma" in stats else []
 
         with _record.stop_recording():  # the tape gets one record: (x, *params) -> y, see precise_batch_norm
-            mean, var, count = batch_moments(x, axes)
+            mean, var, count = batch_moments(x, axes, differentiable=False)
             inv = tf.math.rsqrt(var + BN_EPS)
             scale = inv * params[0] if params else inv
             centered = x - mean
@@ -322,7 +385,7 @@ class StatefulLayer(keras.layers.Layer):
         def grad(dy):  # mean, var and count carry no gradient
             x_hat = centered * inv
             local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
-            sum_dy, sum_dy_x_hat = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+            sum_dy, sum_dy_x_hat = replica_sum(local, differentiable=False)
             dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
             return [dx, local[1], local[0]] if params else [dx]
 
