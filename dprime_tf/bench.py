@@ -17,6 +17,7 @@ The official code's step is timed the same way by benchmarks/official_step.py
 from __future__ import annotations
 
 from dprime_tf.cli import quiet_tensorflow, run_main
+from dprime_tf.errors import UserError
 
 quiet_tensorflow()
 
@@ -37,6 +38,10 @@ flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps weight step
                     "directory (TensorBoard's profile tab reads it) and print op time per op kind.")
 flags.DEFINE_integer("profile_steps", 2, "Weight steps to profile.")
 flags.DEFINE_enum("kinds", "both", ("both", "weight", "alpha"), "Which steps to time.")
+flags.DEFINE_integer("replicas", 1, "Replicas of a MirroredStrategy (the batch is the global batch, split among "
+                     "them): the GPUs when that many are visible, else logical CPU devices (on a CPU this measures "
+                     "the multi-replica first step's tracing and graph optimization; the replicas share its cores).",
+                     lower_bound=1)
 fast_paths.define_flags(flags)
 fast_paths.define_recompute_flag(flags)
 flags.adopt_module_key_flags(fast_paths)  # listed in --help with the command's own flags
@@ -74,6 +79,28 @@ def matmul_flops_per_second(n=2048, reps=5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def replica_strategy(replicas: int):
+    """The default strategy for one replica; else MirroredStrategy over that many
+    GPUs when visible, or over as many logical CPU devices (set up here, before
+    TensorFlow's runtime starts)."""
+    import tensorflow as tf
+    if replicas == 1:
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) >= replicas:
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(replicas)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+def _wait(strategy, outputs):
+    """Blocks until a step's outputs (every replica's) exist."""
+    import tensorflow as tf
+    for value in strategy.experimental_local_results(outputs):
+        tf.nest.map_structure(lambda x: x.numpy(), value)
+
+
 def main(argv):
     import numpy as np
     import tensorflow as tf
@@ -82,30 +109,36 @@ def main(argv):
     from dprime_tf.searcher import BilevelSearch
 
     b, size = FLAGS.batch_size, FLAGS.image_size
+    if b % FLAGS.replicas:
+        raise UserError(f"--batch_size={b} does not split evenly among --replicas={FLAGS.replicas}")
+    strategy = replica_strategy(FLAGS.replicas)
     grappler = fast_paths.configure_graph_optimizer()
     t0 = time.perf_counter()
-    with fast_paths.policy(FLAGS.precision):
+    with fast_paths.policy(FLAGS.precision), strategy.scope():
         net = SearchNetwork(FLAGS.init_channels, FLAGS.layers, 10, image_size=size, recompute=FLAGS.recompute)
-    search = BilevelSearch(net, steps_per_epoch=1000, epochs=50, loss_scale=fast_paths.loss_scaling(FLAGS.precision),
-                           jit_compile=FLAGS.xla)
+        search = BilevelSearch(net, steps_per_epoch=1000, epochs=50,
+                               loss_scale=fast_paths.loss_scaling(FLAGS.precision), jit_compile=FLAGS.xla)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    batch = (tf.constant(rng.standard_normal((b, size, size, 3), dtype=np.float32)),
-             tf.constant(rng.integers(0, 10, b, dtype=np.int32)))
+    images = rng.standard_normal((b, size, size, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, b, dtype=np.int32)
+    share = b // FLAGS.replicas
+    batch = strategy.experimental_distribute_values_from_function(  # each replica's slice of the global batch
+        lambda ctx: tuple(tf.constant(a[ctx.replica_id_in_sync_group * share:][:share]) for a in (images, labels)))
     progress = tf.constant(0.5)
-    weight_step = tf.function(lambda: search._weight_step_fn(batch), autograph=False)
-    alpha_step = tf.function(lambda: search._alpha_step_fn(batch, progress), autograph=False)
+    weight_step = tf.function(lambda: strategy.run(search._weight_step_fn, args=(batch,)), autograph=False)
+    alpha_step = tf.function(lambda: strategy.run(search._alpha_step_fn, args=(batch, progress)), autograph=False)
     kinds = [("weight step", weight_step), ("alpha step", alpha_step)]
     kinds = [k for k in kinds if FLAGS.kinds in ("both", k[0].split()[0])]
     results = {}
     for name, fn in kinds:
         t = time.perf_counter()
-        tf.nest.map_structure(lambda x: x.numpy(), fn())
+        _wait(strategy, fn())
         first = time.perf_counter() - t
         times = []
         for _ in range(FLAGS.steps):
             t = time.perf_counter()
-            tf.nest.map_structure(lambda x: x.numpy(), fn())
+            _wait(strategy, fn())
             times.append(time.perf_counter() - t)
         results[name] = (first, statistics.median(times), min(times), max(times))
     profile_lines = []
@@ -118,7 +151,8 @@ def main(argv):
     peak = matmul_flops_per_second()
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"supernet C={FLAGS.init_channels} L={FLAGS.layers} {size}x{size} batch {b}, precision {FLAGS.precision}"
-          f"{', XLA' if FLAGS.xla else ''}{', recompute' if FLAGS.recompute else ''}, Grappler {'on' if grappler else 'off'}: "
+          f"{', XLA' if FLAGS.xla else ''}{', recompute' if FLAGS.recompute else ''}"
+          f"{f', {FLAGS.replicas} replicas' if FLAGS.replicas > 1 else ''}, Grappler {'on' if grappler else 'off'}: "
           f"{sum(int(np.prod(w.shape)) for w in net.trainable_weights):,} weights; built in {build_s:.1f} s")
     print(f"forward: {macs / 1e6:.1f} M multiply-adds per image ({2 * macs / 1e9:.3f} GFLOP); "
           f"a step (forward + backward) is about 3x that")
