@@ -52,6 +52,9 @@ def main():
             loss = tf.add_n([tf.reduce_sum(o * (k + 1.0)) for k, o in enumerate(ours)])
         grads = tape.gradient(loss, xs)
         mean, var, count = batch_moments(x, [0])
+        # symbolic differentiation (tf.gradients, as for a tf.cond branch) through the global mean:
+        # both replicas' sum_c w_c mean_c: each x gets 2 w_c / global count (the all-sum convention)
+        symbolic, = tf.gradients(tf.reduce_sum(mean * tf.range(1.0, 5.0)), x)
         merges["ours"] += len(MERGES) - before
         before = len(MERGES)
         public = ctx.all_reduce(SUM, xs)
@@ -60,11 +63,11 @@ def main():
         dynamic.set_shape([None, 4])
         fallback, = replica_sum([dynamic])
         merges["public"] += len(MERGES) - before
-        return ours, grads, public, fallback, mean, var, count
+        return ours, grads, public, fallback, mean, var, count, symbolic
 
     merges = {"ours": 0, "public": 0}
     step = tf.function(lambda: strategy.run(replica_fn))
-    ours, grads, public, fallback, mean, var, count = step()
+    ours, grads, public, fallback, mean, var, count, symbolic = step()
     local = lambda v: [t.numpy() for t in strategy.experimental_local_results(v)]  # noqa: E731
     graph = step.get_concrete_function().graph.as_graph_def()
     ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
@@ -78,6 +81,7 @@ def main():
         "mean_diff": max(float(np.abs(m - batch.reshape(10, 4).mean(0)).max()) for m in local(mean)),
         "var_diff": max(float(np.abs(v - batch.reshape(10, 4).var(0)).max()) for v in local(var)),
         "count": [float(c) for c in local(count)],
+        "symbolic_diff": max(float(np.abs(g - 2 * np.arange(1.0, 5.0) / 10).max()) for g in local(symbolic)),
         "shapes": [list(t.shape) for t in strategy.experimental_local_results(ours[0]) + strategy.experimental_local_results(ours[2])],
         "collectives": ops.count("CollectiveReduceV2"),
         "merge_calls": merges,

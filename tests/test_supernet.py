@@ -260,8 +260,10 @@ def test_replica_sum_is_the_all_reduce_without_merge_call():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["sum_diff"] == r["public_diff"] == r["fallback_diff"] == 0.0, r
     assert r["grad_diff"] == 0.0, r  # the gradient of an all-sum is the all-sum of the gradients
+    assert r["symbolic_diff"] < 1e-7, r  # and tf.gradients through the global-batch mean works too
     assert r["mean_diff"] < 1e-6 and r["var_diff"] < 1e-6 and r["count"] == [10.0, 10.0], r
     assert r["shapes"] == [[], [], [2, 4], [2, 4]], r
     assert r["merge_calls"]["ours"] == 0 and r["merge_calls"]["public"] > 0, r
     # per replica: values, gradient, public (TensorFlow packs the three), fallback, two for the moments
-    assert r["collectives"] == 2 * 6, r
+    # and one for their symbolic gradient
+    assert r["collectives"] == 2 * 7, r

@@ -43,7 +43,7 @@ def _collective_launcher(ctx):
     return None
 
 
-def replica_sum(tensors, differentiable=True):
+def replica_sum(tensors):
     """[sum over the replicas of t for t in tensors], in a replica context.
 
     The same result as `ReplicaContext.all_reduce(SUM, tensors)`, built as one
@@ -51,9 +51,10 @@ def replica_sum(tensors, differentiable=True):
     own thread. The public call goes through merge_call (a hand-off between
     the replicas' tracing threads) and a generic packer: ~30 graph nodes per
     call and per replica, and the supernets' synchronized batch norm makes
-    three calls per BN. With `differentiable`, the gradient of the all-sum is
-    the all-sum of the gradients (as the public call's); without, no gradient
-    is defined (the caller records its own)."""
+    three calls per BN. Its gradient, as the public call's, is the all-sum of
+    the gradients, for the tape and for symbolic differentiation (tf.gradients,
+    the gradient of a tf.cond branch), although the synchronized BN records its
+    own gradient."""
     ctx = tf.distribute.get_replica_context()
     found = None if tf.executing_eagerly() else _collective_launcher(ctx)
     shapes = [t.shape for t in tensors]
@@ -61,23 +62,18 @@ def replica_sum(tensors, differentiable=True):
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
     launcher, options = found
 
+    @tf.custom_gradient
     def all_sum(*xs):
         flat = [x if x.shape.rank == 1 else tf.reshape(x, [-1]) for x in xs]
         total = launcher.all_reduce(flat[0] if len(flat) == 1 else tf.concat(flat, 0), options=options)
         parts = [total] if len(xs) == 1 else tf.split(total, [shape.num_elements() for shape in shapes])
-        return [p if shape.rank == 1 else tf.reshape(p, shape) for p, shape in zip(parts, shapes)]
+        return [p if shape.rank == 1 else tf.reshape(p, shape) for p, shape in zip(parts, shapes)], \
+            lambda *dys: replica_sum(dys)
 
-    if not differentiable:
-        return all_sum(*tensors)
-
-    @tf.custom_gradient
-    def recorded(*xs):
-        return all_sum(*xs), lambda *dys: replica_sum(dys)
-
-    return recorded(*tensors)
+    return all_sum(*tensors)
 
 
-def batch_moments(x, axes, differentiable=True):
+def batch_moments(x, axes):
     """Mean, biased variance and element count per channel over `axes`.
 
     Under tf.distribute with several replicas the statistics are those of the
@@ -85,8 +81,7 @@ def batch_moments(x, axes, differentiable=True):
     distributed step computes exactly what one device computes on the same
     global batch. With a static shape every replica has the same count (the
     input pipeline's shapes are the same on every replica), so only the sums
-    are all-reduced. `differentiable=False`: no gradient through the
-    all-reduces (the caller records its own).
+    are all-reduced.
     """
     ctx = tf.distribute.get_replica_context()
     if x.shape.is_fully_defined():
@@ -100,11 +95,11 @@ def batch_moments(x, axes, differentiable=True):
     # one-pass E[x^2] - E[x]^2 loses float32 precision when |mean| >> std.
     if x.shape.is_fully_defined():
         count = local_count * ctx.num_replicas_in_sync
-        s, = replica_sum([tf.reduce_sum(x, axes)], differentiable)
+        s, = replica_sum([tf.reduce_sum(x, axes)])
     else:
-        s, count = replica_sum([tf.reduce_sum(x, axes), local_count], differentiable)
+        s, count = replica_sum([tf.reduce_sum(x, axes), local_count])
     mean = s / count
-    ss, = replica_sum([tf.reduce_sum(tf.square(x - mean), axes)], differentiable)
+    ss, = replica_sum([tf.reduce_sum(tf.square(x - mean), axes)])
     return mean, ss / count, count
 
 
@@ -374,7 +369,7 @@ class StatefulLayer(keras.layers.Layer):
         params = [tf.convert_to_tensor(stats[k].value) for k in ("gamma", "beta")] if "gamma" in stats else []
 
         with _record.stop_recording():  # the tape gets one record: (x, *params) -> y, see precise_batch_norm
-            mean, var, count = batch_moments(x, axes, differentiable=False)
+            mean, var, count = batch_moments(x, axes)
             inv = tf.math.rsqrt(var + BN_EPS)
             scale = inv * params[0] if params else inv
             centered = x - mean
@@ -385,7 +380,7 @@ class StatefulLayer(keras.layers.Layer):
         def grad(dy):  # mean, var and count carry no gradient
             x_hat = centered * inv
             local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
-            sum_dy, sum_dy_x_hat = replica_sum(local, differentiable=False)
+            sum_dy, sum_dy_x_hat = replica_sum(local)
             dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
             return [dx, local[1], local[0]] if params else [dx]
 
