@@ -39,7 +39,7 @@ flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps weight step
 flags.DEFINE_integer("profile_steps", 2, "Weight steps to profile.")
 flags.DEFINE_enum("kinds", "both", ("both", "weight", "alpha"), "Which steps to time.")
 flags.DEFINE_integer("replicas", 1, "Replicas of a MirroredStrategy (the batch is the global batch, split among "
-                     "them): the GPUs when that many are visible, else logical CPU devices (on a CPU this measures "
+                     "them): that many GPUs, or logical CPU devices where no GPU is visible (on a CPU this measures "
                      "the multi-replica first step's tracing and graph optimization; the replicas share its cores).",
                      lower_bound=1)
 fast_paths.define_flags(flags)
@@ -81,17 +81,19 @@ def matmul_flops_per_second(n=2048, reps=5) -> float:
 
 def replica_strategy(replicas: int):
     """The default strategy for one replica; else MirroredStrategy over that many
-    GPUs when visible, or over as many logical CPU devices (set up here, before
-    TensorFlow's runtime starts)."""
+    GPUs, or, where no GPU is visible, over as many logical CPU devices (as the
+    search's --strategy=mirrored --cpu_devices=N)."""
     import tensorflow as tf
+
+    from dprime_tf.distribute import make_strategy
     if replicas == 1:
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) >= replicas:
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus >= replicas:
         return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(replicas)])
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    if gpus:
+        raise UserError(f"--replicas={replicas}: only {gpus} GPU(s) visible")
+    return make_strategy("mirrored", cpu_devices=replicas)
 
 
 def _wait(strategy, outputs):
