@@ -120,9 +120,14 @@ def check_run_dir(output_dir: str, resume: bool) -> None:
         if not has_checkpoint_index(run_dir) and not looks_like_run(run_dir):
             raise UserError(no_checkpoint(run_dir))
     elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise UserError(f"--output_dir {run_dir} is a file, not a directory")
+        raise UserError(not_a_directory(run_dir))
     elif os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserError(not_empty(run_dir))
+
+
+def not_a_directory(run_dir: str) -> str:
+    """The message of an --output_dir that names a file."""
+    return f"--output_dir {run_dir} is a file, not a directory"
 
 
 def not_empty(run_dir: str) -> str:

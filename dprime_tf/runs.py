@@ -53,7 +53,7 @@ def prepare_run_dir(run_dir: str, resume: bool) -> str:
             raise
         return run_dir
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise UserError(f"--output_dir {run_dir} is a file, not a directory")
+        raise UserError(runlock.not_a_directory(run_dir))
     if not restart and os.path.isdir(run_dir) and os.listdir(run_dir):
         raise UserError(runlock.not_empty(run_dir))
     try:

@@ -151,7 +151,7 @@ def validate(cfg: TrainConfig):
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not runlock.restart_planned(run_dir):
         raise UserError(runlock.not_empty(run_dir))
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise UserError(f"--output_dir {run_dir} is a file, not a directory")
+        raise UserError(runlock.not_a_directory(run_dir))
     if not cfg.genotype:
         raise UserError("--genotype is required: a published name (DARTS_V2), a genotype JSON file, "
                         "or a search run directory holding genotype.json")
