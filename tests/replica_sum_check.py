@@ -1,5 +1,7 @@
 """Run as a script: `layers.replica_sum` under MirroredStrategy on 2 logical CPUs
-against the public `ReplicaContext.all_reduce` and a NumPy sum. Prints one
+against the public `ReplicaContext.all_reduce` and a NumPy sum; the batch
+norm's running statistics (one per replica, equal) and the checkpoint's
+finiteness check (`runs.FiniteWeights`) on the replicas' copies. Prints one
 JSON line. Logical devices must be configured before TensorFlow starts,
 hence a separate process (tests/test_supernet.py runs it)."""
 
@@ -85,8 +87,45 @@ def main():
         "shapes": [list(t.shape) for t in strategy.experimental_local_results(ours[0]) + strategy.experimental_local_results(ours[2])],
         "collectives": ops.count("CollectiveReduceV2"),
         "merge_calls": merges,
+        **running_statistics(strategy, rng),
     }
     print(json.dumps(out))
+
+
+def running_statistics(strategy, rng):
+    """A training-mode batch norm on two replicas' different batches: both copies of its running
+    statistics take the global batch's (PyTorch's momentum 0.1, unbiased variance), a cross-replica
+    read is the first copy, and FiniteWeights finds an inf in the second copy only."""
+    import keras
+
+    from dprime_tf.runs import FiniteWeights
+    from dprime_tf.spaces.layers import StatefulLayer
+
+    class Norm(StatefulLayer):
+        def build(self, shape):
+            self.stats = self.add_bn("bn", (shape[-1],))
+
+        def call(self, x, training=False):
+            return self.batch_norm(x, self.stats, training)
+
+    batch = rng.normal(loc=2.0, size=(2, 6, 3)).astype(np.float32)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), Norm()])
+    tf.function(lambda: strategy.run(lambda: model(tf.gather(tf.constant(batch), tf.distribute.get_replica_context()
+                                                              .replica_id_in_sync_group), training=True)))()
+    flat = batch.reshape(12, 3)
+    expected = {"mean": 0.1 * flat.mean(0), "var": 0.9 + 0.1 * flat.var(0, ddof=1)}
+    stats_diff = max(float(np.abs(c.numpy() - expected[k]).max()) for k in ("mean", "var")
+                     for c in strategy.experimental_local_results(model.layers[0].stats[k].value))
+    finite = FiniteWeights(model)
+    before = finite.non_finite()
+    moving_var = model.layers[0].stats["var"]
+    copies = strategy.experimental_local_results(moving_var.value)
+    copies[1].assign(copies[1] + 1.0)  # the copies differ: a read is the first one's
+    read_is_first_copy = bool(np.array_equal(moving_var.numpy(), copies[0].numpy()))
+    copies[1].assign(tf.fill([3], float("inf")))
+    return {"stats_diff": stats_diff, "read_is_first_copy": read_is_first_copy,
+            "non_finite": [before, finite.non_finite(), moving_var.path]}
 
 
 if __name__ == "__main__":

@@ -267,3 +267,7 @@ def test_replica_sum_is_the_all_reduce_without_merge_call():
     # per replica: values, gradient, public (TensorFlow packs the three), fallback, two for the moments
     # and one for their symbolic gradient
     assert r["collectives"] == 2 * 7, r
+    # batch norm's running statistics: both replicas' copies are the global batch's, read as the first
+    assert r["stats_diff"] < 1e-6 and r["read_is_first_copy"], r
+    before, after, path = r["non_finite"]  # an inf in the second replica's copy is found
+    assert before == [] and after == [path], r
