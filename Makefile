@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Test files run in parallel processes (pytest-xdist): TensorFlow's graph tracing is
-# single-threaded, so two processes keep two cores busy.
+# single-threaded, so two processes keep two cores busy. Longest files first
+# (tests/conftest.py's LONGEST_FIRST, kept by --no-loadscope-reorder).
 TEST_WORKERS ?= 2
 
 $(VENV)/.installed: requirements.txt
@@ -22,10 +23,10 @@ search: $(VENV)/.installed
 	$(PY) -m dprime_tf.search --flagfile=configs/quick.flags $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests $(ARGS)
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests $(ARGS)
 
 test-golden: $(VENV)/.installed
 	$(PY) -m pytest -q -m golden tests $(ARGS)

@@ -9,6 +9,21 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+# Test files by their time in the suite, longest first (measured with `make test
+# ARGS=--durations=0`). `make test` runs files in this order (--no-loadscope-reorder):
+# the two workers start with the long ones and end with short ones, so neither
+# waits long for the other at the end; xdist's own order (by number of tests)
+# left one worker 1-2 minutes alone with a long file. Only the order, not what runs.
+LONGEST_FIRST = ("test_multiworker", "test_decisiveness", "test_fast_paths", "test_reliability", "test_searcher",
+                 "test_guard", "test_tune", "test_rnn", "test_search_cli", "test_golden_trajectory", "test_train",
+                 "test_study", "test_report", "test_export", "test_supernet", "test_networks_cnn")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a file's tests keep their order
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests (still run in CI)")
     config.addinivalue_line("markers", "golden: parity with golden data recorded from the official code")
