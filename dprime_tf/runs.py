@@ -326,15 +326,19 @@ class StepCheckpoint(keras.callbacks.Callback):
         # leaves a checkpoint of an epoch's end without that epoch's files.
         self.steps_per_epoch = steps_per_epoch
         self._last = None
-        self._finite = None
+        self._finite = None  # FiniteWeights of the model, made at the first save
+
+    def set_model(self, model):  # called by every fit(): the check is kept while the model is the same
+        if model is not getattr(self, "_model", None):
+            self._finite = None
+        super().set_model(model)
 
     def _save(self):
         step = int(self.step_variable.numpy())
         if step != self._last:
             if self.model is not None:
-                if self._finite is None or self._finite.model is not self.model:
-                    self._finite = FiniteWeights(self.model)
-                _check_finite_weights(self._finite, step)
+                self._finite = self._finite or FiniteWeights(self.model)
+                self._finite.check(step)
             self.manager.save(checkpoint_number=step)  # a collective under multi-worker strategies
             if not self.is_chief:  # a non-chief worker's copy is scratch (TF's multi-worker pattern)
                 tf.io.gfile.rmtree(self.manager.directory)
@@ -364,9 +368,8 @@ class FiniteWeights:
     time at each checkpoint of a tiny search on 127.0.0.1."""
 
     def __init__(self, model):
-        self.model = model
         self.variables = [w for w in model.weights if w.dtype in _FLOATS]
-        strategy = model.distribute_strategy
+        self.strategy = strategy = model.distribute_strategy
 
         def replica_count():
             return tf.add_n([tf.constant(0, tf.int64)] + [
@@ -380,22 +383,20 @@ class FiniteWeights:
         """[] when every copy is finite; else the paths of the non-finite weights (of this worker's copies)."""
         if int(self._count().numpy()) == 0:
             return []
-        strategy = self.model.distribute_strategy
         bad = [w.path for w in self.variables
-               if not all(np.isfinite(np.asarray(c)).all() for c in strategy.experimental_local_results(w.value))]
+               if not all(np.isfinite(np.asarray(c)).all() for c in self.strategy.experimental_local_results(w.value))]
         return bad or ["a copy on another worker"]
 
-
-def _check_finite_weights(finite: FiniteWeights, step: int) -> None:
-    """A one-line Diverged instead of a checkpoint of non-finite weights: a step can
-    have a finite loss and FI while its update overflows the weights (a huge learning
-    rate); the next checkpoint must not replace the last good one with them."""
-    bad = finite.non_finite()
-    if bad:
-        from dprime_tf.guard import Diverged
-        raise Diverged(f"step {step - 1}: {len(bad)} weight tensor(s) are not finite after it ({bad[0]}, ...); the "
-                       "run stopped without saving this state (the last good checkpoint is kept): lower "
-                       "--learning_rate, then --resume")
+    def check(self, step: int) -> None:
+        """A one-line Diverged instead of a checkpoint of non-finite weights: a step can
+        have a finite loss and FI while its update overflows the weights (a huge learning
+        rate); the next checkpoint must not replace the last good one with them."""
+        bad = self.non_finite()
+        if bad:
+            from dprime_tf.guard import Diverged
+            raise Diverged(f"step {step - 1}: {len(bad)} weight tensor(s) are not finite after it ({bad[0]}, ...); "
+                           "the run stopped without saving this state (the last good checkpoint is kept): lower "
+                           "--learning_rate, then --resume")
 
 
 class EpochSummary(keras.callbacks.Callback):
