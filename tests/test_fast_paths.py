@@ -262,3 +262,4 @@ def test_graph_optimizer_settings_follow_the_devices_and_DPRIME_GRAPPLER(monkeyp
         context.context().function_call_options.config_proto_serialized).graph_options.rewrite_options
     assert rewrite.meta_optimizer_iterations == rc.RewriterConfig.ONE
     assert rewrite.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
+    assert rewrite.disable_tfg_optimizer
