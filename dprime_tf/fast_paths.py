@@ -86,10 +86,10 @@ CPU_SKIPPED_OPTIMIZERS = ("layout_optimizer", "remapping", "loop_optimization")
 def configure_graph_optimizer() -> bool:
     """Grappler (TensorFlow's graph optimizer) on, unless DPRIME_GRAPPLER=0;
     returns whether it is on. When on, it makes one pass over a step's graph
-    instead of TensorFlow's default two, without the TFG passes
-    (SKIP_TFG_PASSES), and where no GPU is visible it skips
-    the passes that buy a CPU nothing (CPU_SKIPPED_OPTIMIZERS and the memory
-    optimizer); with a GPU those stay as TensorFlow sets them.
+    instead of TensorFlow's default two, without its TFG passes, and where
+    no GPU is visible it skips the passes that buy a CPU nothing
+    (CPU_SKIPPED_OPTIMIZERS and the memory optimizer); with a GPU those stay
+    as TensorFlow sets them.
 
     Measured at the paper's search size on a 2-core CPU (dprime-bench, two
     interleaved rounds): Grappler takes 11 s of the first step's 31 s
@@ -118,21 +118,12 @@ def configure_graph_optimizer() -> bool:
     return keep
 
 
-# Grappler's TFG (MLIR) passes: before the classic passes a shape-inference
-# round trip, after them a functional <-> region control-flow round trip whose
-# one rewrite (control-flow sinking) TensorFlow leaves off. They changed no
-# node of a step's graph (Grappler's log: "Graph size after: ... (0)") and took
-# 0.83 s of the paper-size first weight step's optimization and 0.63 s of the
-# first alpha step's (0.35 s of a tiny search's 4.9 s first call).
-SKIP_TFG_PASSES = True
-
-
 def _set_context_rewrite_options(memory_optimizer: bool):
     """Function calls made from this thread run Grappler's meta-optimizer once,
-    without its TFG passes (SKIP_TFG_PASSES), and without its memory optimizer
-    unless `memory_optimizer`.
+    without its TFG passes, and without its memory optimizer unless
+    `memory_optimizer`.
 
-    `tf.config.optimizer` has no setting for either, so the context's
+    `tf.config.optimizer` has no setting for any of them, so the context's
     ConfigProto (the one every tf.function call passes to the runtime) gets
     them directly. On CPUs the memory optimizer took 2.0 s of the paper-size
     first step for nothing (steps 2.70 / 2.71 s without it vs 2.86 / 2.77 s
@@ -144,7 +135,12 @@ def _set_context_rewrite_options(memory_optimizer: bool):
     config = ctx.config
     rewrite = config.graph_options.rewrite_options
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
-    rewrite.disable_tfg_optimizer = SKIP_TFG_PASSES
+    # Grappler's TFG (MLIR) passes: a shape-inference round trip before the
+    # classic passes, a functional <-> region control-flow round trip after
+    # them (its one rewrite, control-flow sinking, TensorFlow leaves off). They
+    # changed no node of a step's graph and took 0.83 s of the paper-size first
+    # weight step and 0.63 s of the first alpha step (BUILD.md).
+    rewrite.disable_tfg_optimizer = True
     if not memory_optimizer:
         rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
     ctx.function_call_options = context.FunctionCallOptions(config_proto=config)

@@ -329,7 +329,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self._finite = None  # FiniteWeights of the model, made at the first save
 
     def set_model(self, model):  # called by every fit(): the check is kept while the model is the same
-        if model is not getattr(self, "_model", None):
+        if model is not self.model:
             self._finite = None
         super().set_model(model)
 
