@@ -37,6 +37,30 @@ def _graph_optimizer_as_the_commands_set_it():
     fast_paths.configure_graph_optimizer()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """DPRIME_TEST_CPU=FILE: append each test's CPU seconds (this worker's, then the
+    subprocesses it waited for) and wall seconds, its fixtures' set-up and tear-down
+    included, to FILE. Under `-n 2` a test's wall time depends on what the other
+    worker runs meanwhile; its CPU time does not."""
+    path = os.environ.get("DPRIME_TEST_CPU")
+    if not path:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime, time.time()
+
+    before = cpu()
+    yield
+    after = cpu()
+    with open(path, "a") as f:  # one short line per write: the workers' lines do not interleave
+        f.write(" ".join(f"{b - a:.2f}" for a, b in zip(before, after)) + f" {item.nodeid}\n")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_memory_after_each_file():
     """DPRIME_TEST_RSS=1: print this worker's resident memory after each test file
