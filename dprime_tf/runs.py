@@ -371,10 +371,13 @@ class FiniteWeights:
         self.variables = [w for w in model.weights if w.dtype in _FLOATS]
         self.strategy = strategy = model.distribute_strategy
 
-        def replica_count():
+        def replica_count():  # one flat vector per dtype: 3 graph nodes per weight instead of 6
+            flat = {}
+            for w in self.variables:
+                flat.setdefault(w.dtype, []).append(tf.reshape(tf.convert_to_tensor(w), [-1]))
             return tf.add_n([tf.constant(0, tf.int64)] + [
-                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(tf.convert_to_tensor(w))), tf.int64))
-                for w in self.variables])
+                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(tf.concat(parts, 0))), tf.int64))
+                for parts in flat.values()])
 
         self._count = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_count),
                                                           axis=None), autograph=False)

@@ -159,7 +159,10 @@ class SearchJob:
                 run_dir, done_epochs, alpha_hist, measures):  # killed before the last epoch's files
             on_epoch_end(done_epochs - 1, {f"val_{k}": v for k, v in self.validation_logs().items()})
         if chief:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+            # without the step's graph (as training): tens of thousands of nodes that TensorBoard's graph
+            # tab does not draw usefully, 5 MB and ~1 s of a tiny search's first step to write
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
+                                                         write_graph=False))
             # per-step TensorBoard scalars, alpha heatmaps and the genotype; report.html and the
             # search's own pictures at epoch ends, when the report's pacer redraws
             callbacks += [tb_steps.for_search(run_dir, search, net, space, metric),
