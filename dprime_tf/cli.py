@@ -85,6 +85,25 @@ def import_tensorflow_quietly():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    settle_garbage_collector()
+
+
+# Young-generation threshold of Python's cyclic garbage collector (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector():
+    """Once TensorFlow is imported: its modules' millions of objects move out of the
+    collector's reach (`gc.freeze`), and the young generation is collected after
+    10,000 allocations instead of 700. Tracing a step's graph allocates Python objects
+    by the million and keeps most of them, so with the defaults each of the frequent
+    full collections walked TensorFlow's modules again: a tiny search's process spent
+    1.9 s of its ~22 s CPU collecting, now 0.9 s, at the same peak memory. Garbage
+    is still collected, in fewer and shorter passes."""
+    import gc
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 def run_main(main):

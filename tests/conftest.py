@@ -31,10 +31,12 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def _graph_optimizer_as_the_commands_set_it():
-    """In-process tests trace steps with the graph-optimizer settings the
-    command lines use (fast_paths.configure_graph_optimizer)."""
-    from dprime_tf import fast_paths
+    """In-process tests trace steps with the graph-optimizer and garbage-collector
+    settings the command lines use (fast_paths.configure_graph_optimizer,
+    cli.settle_garbage_collector)."""
+    from dprime_tf import cli, fast_paths
     fast_paths.configure_graph_optimizer()
+    cli.settle_garbage_collector()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -263,3 +263,23 @@ def test_graph_optimizer_settings_follow_the_devices_and_DPRIME_GRAPPLER(monkeyp
     assert rewrite.meta_optimizer_iterations == rc.RewriterConfig.ONE
     assert rewrite.memory_optimization == rc.RewriterConfig.NO_MEM_OPT
     assert rewrite.disable_tfg_optimizer
+
+
+def test_garbage_collector_settings_of_the_commands():
+    """After TensorFlow's import the commands freeze the objects alive (TensorFlow's
+    modules) out of the collector's reach and collect the young generation every
+    10,000 allocations (cli.settle_garbage_collector; conftest.py applies it too)."""
+    import gc
+
+    from dprime_tf import cli
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        cli.settle_garbage_collector()
+        assert gc.get_threshold() == (cli.GC_YOUNG_THRESHOLD, 10, 10) == (10_000, 10, 10)
+        assert gc.get_freeze_count() > 100_000  # TensorFlow's, Keras' and NumPy's objects
+        gc.set_threshold(50_000, 10, 10)  # a higher setting of the user's is kept
+        cli.settle_garbage_collector()
+        assert gc.get_threshold()[0] == 50_000
+    finally:
+        gc.set_threshold(*before)
