@@ -227,3 +227,26 @@ def test_redraw_pacer_keeps_drawing_to_a_tenth_of_the_run():
     with pytest.raises(OSError):
         pacer.redraw(broken)
     assert pacer.last == 401.0 and pacer.cost == 1.0
+
+
+def test_a_heatmap_of_the_same_weights_is_drawn_once(tmp_path, monkeypatch):
+    """A search draws each cell's heatmap for TensorBoard at every epoch end and its report
+    draws the last one again: the second call writes the first drawing's PNG."""
+    import numpy as np
+
+    from dprime_tf import plots
+    from dprime_tf.spaces.primitives import CNN_PRIMITIVES
+    drawn = []
+    real = plots.png_bytes
+    monkeypatch.setattr(plots, "png_bytes", lambda fig, *a: drawn.append(fig) or real(fig, *a))
+    weights = np.random.default_rng(0).dirichlet(np.ones(8), 14).astype(np.float32)
+    first = plots.plot_alpha_heatmap(None, weights, CNN_PRIMITIVES, "normal cell: softmax(alpha) after epoch 2")
+    again = plots.plot_alpha_heatmap(tmp_path / "h.png", weights.astype(np.float64), CNN_PRIMITIVES,
+                                     "normal cell: softmax(alpha) after epoch 2")
+    assert len(drawn) == 1 and first == again == (tmp_path / "h.png").read_bytes()
+    assert first[:8] == PNG
+    moved = weights.copy()
+    moved[0, 0] += 0.25  # other weights, or another title: drawn anew
+    assert plots.plot_alpha_heatmap(None, moved, CNN_PRIMITIVES, "normal cell: softmax(alpha) after epoch 2") != first
+    assert plots.plot_alpha_heatmap(None, weights, CNN_PRIMITIVES, "reduce cell: softmax(alpha) after epoch 2") != first
+    assert len(drawn) == 3
