@@ -9,6 +9,7 @@ of the process (no `matplotlib.use`, no pyplot).
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -152,31 +153,28 @@ def _heatmap(ax, weights, primitives, labels, annotate=True, fontsize=7):
     return image
 
 
-# The last few heatmaps drawn, by their inputs: a search draws each cell's heatmap for
-# TensorBoard at every epoch end, and its report draws the last epoch's again.
-_RECENT_HEATMAPS: dict = {}
-
-
 def plot_alpha_heatmap(path, weights: np.ndarray, primitives, title: str):
     """weights: (edges, ops) softmax(alpha); one row per edge, one column per op, the
     largest weight of each row in bold. path=None: returns the PNG bytes."""
     weights = np.asarray(weights, dtype=np.float64)
-    key = (title, tuple(primitives), weights.shape, weights.tobytes())
-    png = _RECENT_HEATMAPS.get(key)
-    if png is None:
-        edges, ops = weights.shape
-        fig = _figure((1.0 + 0.85 * ops + 1.6, 0.8 + 0.32 * edges))
-        ax = fig.subplots()
-        image = _heatmap(ax, weights, primitives, alpha_edge_labels(edges), fontsize=8 if edges <= 20 else 7)
-        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="softmax(alpha)")
-        _title(ax, title, fontsize=10)
-        png = png_bytes(fig)
-        while len(_RECENT_HEATMAPS) >= 4:  # a cell kind's heatmaps of the last epoch or two
-            _RECENT_HEATMAPS.pop(next(iter(_RECENT_HEATMAPS)))
-        _RECENT_HEATMAPS[key] = png
+    png = _heatmap_png(title, tuple(primitives), weights.shape, weights.tobytes())
     if path is not None:
         atomic_write(path, png)
     return png
+
+
+# The last few heatmaps drawn, by their inputs: a search draws each cell's heatmap for
+# TensorBoard at every epoch end, and its report draws the last epoch's again.
+@functools.lru_cache(maxsize=4)
+def _heatmap_png(title, primitives, shape, data) -> bytes:
+    weights = np.frombuffer(data, dtype=np.float64).reshape(shape)
+    edges, ops = shape
+    fig = _figure((1.0 + 0.85 * ops + 1.6, 0.8 + 0.32 * edges))
+    ax = fig.subplots()
+    image = _heatmap(ax, weights, primitives, alpha_edge_labels(edges), fontsize=8 if edges <= 20 else 7)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="softmax(alpha)")
+    _title(ax, title, fontsize=10)
+    return png_bytes(fig)
 
 
 def plot_alpha_evolution(path, history: np.ndarray, primitives, title: str, max_panels: int = 6):
