@@ -43,8 +43,9 @@ def _graph_optimizer_as_the_commands_set_it():
 def pytest_runtest_protocol(item, nextitem):
     """DPRIME_TEST_CPU=FILE: append each test's CPU seconds (this worker's, then the
     subprocesses it waited for) and wall seconds, its fixtures' set-up and tear-down
-    included, to FILE. Under `-n 2` a test's wall time depends on what the other
-    worker runs meanwhile; its CPU time does not."""
+    included, to FILE, then its start (Unix time) and the xdist worker that ran it, a
+    timeline of the two workers. Under `-n 2` a test's wall time depends on what the
+    other worker runs meanwhile; its CPU time does not."""
     path = os.environ.get("DPRIME_TEST_CPU")
     if not path:
         yield
@@ -60,7 +61,8 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     after = cpu()
     with open(path, "a") as f:  # one short line per write: the workers' lines do not interleave
-        f.write(" ".join(f"{b - a:.2f}" for a, b in zip(before, after)) + f" {item.nodeid}\n")
+        f.write(" ".join(f"{b - a:.2f}" for a, b in zip(before, after))
+                + f" {before[2]:.1f} {os.environ.get('PYTEST_XDIST_WORKER', 'main')} {item.nodeid}\n")
 
 
 @pytest.fixture(scope="module", autouse=True)
