@@ -242,6 +242,63 @@ def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
+def test_shared_constants_are_per_graph_thread_device_and_dependency_scope():
+    import threading
+
+    from dprime_tf.spaces.layers import shared_constant
+    graph = tf.Graph()
+    with graph.as_default():
+        a = shared_constant(0.1, tf.float32)
+        assert shared_constant(0.1, tf.float32) is a and float(tf.get_static_value(a)) == np.float32(0.1)
+        assert shared_constant(0.2, tf.float32) is not a
+        assert shared_constant(0.1, tf.float64) is not a and shared_constant([0.1], tf.float32) is not a
+        with tf.device("/cpu:0"):  # a replica's device scope gets its own
+            on_cpu = shared_constant(0.1, tf.float32)
+            assert on_cpu is not a and on_cpu.device.endswith("CPU:0") and a.device == ""
+        with tf.control_dependencies([a]):  # a constant made here waits for a: never shared
+            waiting = shared_constant(0.1, tf.float32)
+            assert waiting is not a and waiting.op.control_inputs == [a.op]
+        assert shared_constant(0.1, tf.float32) is a and not a.op.control_inputs
+        other = []
+        thread = threading.Thread(target=lambda: other.append(shared_constant(0.1, tf.float32)))
+        thread.start()
+        thread.join()
+        assert other[0] is not a  # MirroredStrategy traces each replica in its own thread
+    with tf.Graph().as_default():
+        assert shared_constant(0.1, tf.float32) is not a
+    assert float(shared_constant(0.1, tf.float32)) == np.float32(0.1)  # eager: a plain constant
+
+
+def test_a_traced_batch_norm_makes_few_constants():
+    """The supernets' training-mode BN (hundreds per step) shares its constants: a chain of 20 BNs with
+    their running-statistic updates and gradient makes about as many Const nodes as one (it made ~15 each)."""
+    from dprime_tf.spaces.layers import StatefulLayer
+
+    class Chain(StatefulLayer):
+        def build(self, shape):
+            self.stats = [self.add_bn(f"bn{i}", [shape[-1]], affine=i % 2 == 0) for i in range(20)]
+
+        def call(self, x, training=True):
+            for stats in self.stats:
+                x = self.batch_norm(x, stats, training)
+            return x
+
+    chain = Chain()
+    chain.build((4, 3, 3, 5))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(chain(x, training=True) ** 2)
+        return tape.gradient(loss, [x, *chain.trainable_weights])
+
+    ops = step.get_concrete_function(tf.TensorSpec((4, 3, 3, 5))).graph.get_operations()
+    constants = sum(op.type == "Const" for op in ops)
+    assert constants <= 20 + 2 * 20, constants  # 15 per BN before they were shared; ~2 per BN now
+    assert sum(op.type == "AssignSubVariableOp" for op in ops) == 2 * 20  # mean and variance, once each
+
+
 def test_layers_module_can_be_imported_again():
     """A reload of the module (IPython's autoreload) registers its gradient override again: no error."""
     from dprime_tf.spaces import layers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import numpy as np
 
@@ -41,6 +42,35 @@ def _collective_launcher(ctx):
             if isinstance(replica, int) and 0 <= replica < len(launchers) and hasattr(launchers[replica], "all_reduce"):
                 return launchers[replica], getattr(extended, "_communication_options", None)
     return None
+
+
+# Per graph: {(thread, device scope, dtype, shape, value bytes): constant tensor}.
+_SHARED_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def shared_constant(value, dtype):
+    """tf.constant(value, dtype), made once per graph being traced, per thread and
+    device scope, and reused: the supernets' hundreds of batch norms each asked for
+    the same handful (reduction axes, element counts, zeros, the momentum), ~15 of
+    a BN's ~45 graph nodes, each costing tracing and graph-optimizer time.
+
+    The same values, so the same results. A constant is per thread and device
+    scope because MirroredStrategy traces each replica in its own thread under
+    its own device; inside a control-dependency or colocation scope (whose ops
+    wait for or sit next to others) a constant is made as usual."""
+    if tf.executing_eagerly():
+        return tf.constant(value, dtype)
+    graph = tf.compat.v1.get_default_graph()
+    if graph._control_dependencies_stack or graph._colocation_stack:
+        return tf.constant(value, dtype)
+    array = np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype)
+    devices = tuple(spec.display_name for spec in graph._device_function_stack.peek_objs())
+    key = (threading.get_ident(), devices, array.dtype.str, array.shape, array.tobytes())
+    constants = _SHARED_CONSTANTS.setdefault(graph, {})
+    found = constants.get(key)
+    if found is None:
+        found = constants[key] = tf.constant(array, dtype)
+    return found
 
 
 def replica_sum(tensors):
@@ -85,7 +115,7 @@ def batch_moments(x, axes):
     """
     ctx = tf.distribute.get_replica_context()
     if x.shape.is_fully_defined():
-        local_count = tf.constant(float(np.prod([x.shape[a] for a in axes])), x.dtype)
+        local_count = shared_constant(float(np.prod([x.shape[a] for a in axes])), x.dtype)
     else:
         local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
     if ctx is None or ctx.num_replicas_in_sync == 1:
@@ -93,13 +123,14 @@ def batch_moments(x, axes):
         return mean, var, local_count
     # Two passes (mean, then squared deviations) over the global batch: the
     # one-pass E[x^2] - E[x]^2 loses float32 precision when |mean| >> std.
+    axes_tensor = shared_constant(axes, tf.int32)
     if x.shape.is_fully_defined():
-        count = local_count * ctx.num_replicas_in_sync
-        s, = replica_sum([tf.reduce_sum(x, axes)])
+        count = shared_constant(float(np.prod([x.shape[a] for a in axes])) * ctx.num_replicas_in_sync, x.dtype)
+        s, = replica_sum([tf.reduce_sum(x, axes_tensor)])
     else:
-        s, count = replica_sum([tf.reduce_sum(x, axes), local_count])
+        s, count = replica_sum([tf.reduce_sum(x, axes_tensor), local_count])
     mean = s / count
-    ss, = replica_sum([tf.reduce_sum(tf.square(x - mean), axes)])
+    ss, = replica_sum([tf.reduce_sum(tf.square(x - mean), axes_tensor)])
     return mean, ss / count, count
 
 
@@ -125,7 +156,7 @@ def channel_sum(x):
     pass; summing level by level keeps each accumulator to one axis' length.
     """
     for axis in range(len(x.shape) - 2, -1, -1):
-        x = tf.reduce_sum(x, axis)
+        x = tf.reduce_sum(x, shared_constant(axis, tf.int32))
     return x
 
 
@@ -156,12 +187,13 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
     else:
         count = tf.cast(tf.size(x) // channels, x.dtype)
     with _record.stop_recording():
-        zeros = tf.zeros([channels], x.dtype)
-        scale = tf.ones([channels], x.dtype) if scale is None else scale
+        zeros = shared_constant(np.zeros([channels]), x.dtype)
+        scale = shared_constant(np.ones([channels]), x.dtype) if scale is None else scale
         offset = zeros if offset is None else offset
-        mean = channel_sum(x) / count
+        n = shared_constant(count, x.dtype) if isinstance(count, float) else count
+        mean = channel_sum(x) / n
         centered = x - tf.stop_gradient(mean)
-        var = channel_sum(tf.square(centered)) / count
+        var = channel_sum(tf.square(centered)) / n
         c4 = centered if len(x.shape) == 4 else tf.reshape(centered, [-1, 1, 1, channels])
         with tf.compat.v1.get_default_graph().gradient_override_map({"FusedBatchNormV3": _FUSED_BN_GRAD_OVERRIDE}):
             y4 = tf.raw_ops.FusedBatchNormV3(x=c4, scale=scale, offset=offset, mean=zeros, variance=var,
@@ -180,10 +212,10 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
 
 def _training_bn_grad(dy, centered, scale, var, epsilon):
     """Training-mode BN gradient (dx, dscale, doffset) of a batch whose mean is 0."""
-    zeros = tf.zeros(var.shape, var.dtype)
+    zeros = shared_constant(np.zeros(var.shape), var.dtype)
     return tf.raw_ops.FusedBatchNormGradV3(
         y_backprop=dy, x=centered, scale=scale, reserve_space_1=zeros, reserve_space_2=var,
-        reserve_space_3=tf.zeros([0], var.dtype), epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
+        reserve_space_3=shared_constant(np.zeros([0]), var.dtype), epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
 
 
 _FUSED_BN_GRAD_OVERRIDE = "DprimePreciseBatchNorm"
@@ -343,8 +375,10 @@ class StatefulLayer(keras.layers.Layer):
         Not while `recompute_in_backward` replays a forward pass."""
         if getattr(_REPLAY, "active", False):
             return
-        if isinstance(count, float):
-            unbiased = var * (count / max(count - 1.0, 1.0))
+        known = count if isinstance(count, float) else tf.get_static_value(count)  # a constant's value
+        if known is not None:
+            known = float(known)
+            unbiased = var * shared_constant(known / max(known - 1.0, 1.0), var.dtype)
         else:
             unbiased = var * count / tf.maximum(count - 1.0, 1.0)
         for key, batch in (("mean", mean), ("var", unbiased)):
@@ -352,7 +386,13 @@ class StatefulLayer(keras.layers.Layer):
             batch = tf.cast(batch, v.dtype)
             if batch.shape != v.shape:
                 batch = tf.reshape(batch, v.shape)
-            v.assign_sub(BN_MOMENTUM * (v - batch))
+            # The variable's ops on its handle (this replica's copy under tf.distribute):
+            # the same graph nodes as `v.assign_sub(BN_MOMENTUM * (v - batch))` at a
+            # third of its tracing cost (no tape record of a read that carries no gradient).
+            handle = v.handle
+            current = tf.raw_ops.ReadVariableOp(resource=handle, dtype=v.dtype)
+            momentum = shared_constant(BN_MOMENTUM, v.dtype)
+            tf.raw_ops.AssignSubVariableOp(resource=handle, value=momentum * (current - batch))
 
     @staticmethod
     def _synced_batch_norm(x, stats):
@@ -383,7 +423,8 @@ class StatefulLayer(keras.layers.Layer):
 
         def grad(dy):  # mean, var and count carry no gradient
             x_hat = centered * inv
-            local = [tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)]
+            axes_tensor = shared_constant(axes, tf.int32)
+            local = [tf.reduce_sum(dy, axes_tensor), tf.reduce_sum(dy * x_hat, axes_tensor)]
             sum_dy, sum_dy_x_hat = replica_sum(local)
             dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
             return [dx, local[1], local[0]] if params else [dx]
