@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import ops
 
 from dprime_tf import prime
+from dprime_tf.graph_constants import shared_constant
 
 
 class _CoupledDecayMixin:
@@ -54,13 +55,13 @@ class CoupledSGD(_CoupledDecayMixin, keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
         if self.l2:
-            g = g + self.l2 * variable
+            g = g + shared_constant(self.l2, variable.dtype) * variable
         v = self.momentums[self._get_variable_index(variable)]
         if isinstance(variable, tf.Variable) and isinstance(v.value, tf.Variable):
             # One fused kernel (accum = momentum * accum + g; var -= lr * accum):
             # exactly torch.optim.SGD's update, with ~5x fewer graph nodes.
             tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=v.value.handle, lr=lr, grad=g,
-                                             momentum=tf.constant(self.momentum, variable.dtype))
+                                             momentum=shared_constant(self.momentum, variable.dtype))
             return
         self.assign(v, self.momentum * v + g)
         self.assign_sub(variable, lr * v)

@@ -245,7 +245,7 @@ def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
 def test_shared_constants_are_per_graph_thread_device_and_dependency_scope():
     import threading
 
-    from dprime_tf.spaces.layers import shared_constant
+    from dprime_tf.graph_constants import shared_constant
     graph = tf.Graph()
     with graph.as_default():
         a = shared_constant(0.1, tf.float32)

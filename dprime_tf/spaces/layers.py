@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 
 import numpy as np
 
@@ -14,6 +13,8 @@ import keras
 import tensorflow as tf
 # The tape's record/stop API (what tf.custom_gradient itself uses): see precise_batch_norm.
 from tensorflow.python.eager import record as _record
+
+from dprime_tf.graph_constants import shared_constant
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
@@ -42,35 +43,6 @@ def _collective_launcher(ctx):
             if isinstance(replica, int) and 0 <= replica < len(launchers) and hasattr(launchers[replica], "all_reduce"):
                 return launchers[replica], getattr(extended, "_communication_options", None)
     return None
-
-
-# Per graph: {(thread, device scope, dtype, shape, value bytes): constant tensor}.
-_SHARED_CONSTANTS = weakref.WeakKeyDictionary()
-
-
-def shared_constant(value, dtype):
-    """tf.constant(value, dtype), made once per graph being traced, per thread and
-    device scope, and reused: the supernets' hundreds of batch norms each asked for
-    the same handful (reduction axes, element counts, zeros, the momentum), ~15 of
-    a BN's ~45 graph nodes, each costing tracing and graph-optimizer time.
-
-    The same values, so the same results. A constant is per thread and device
-    scope because MirroredStrategy traces each replica in its own thread under
-    its own device; inside a control-dependency or colocation scope (whose ops
-    wait for or sit next to others) a constant is made as usual."""
-    if tf.executing_eagerly():
-        return tf.constant(value, dtype)
-    graph = tf.compat.v1.get_default_graph()
-    if graph._control_dependencies_stack or graph._colocation_stack:
-        return tf.constant(value, dtype)
-    array = np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype)
-    devices = tuple(spec.display_name for spec in graph._device_function_stack.peek_objs())
-    key = (threading.get_ident(), devices, array.dtype.str, array.shape, array.tobytes())
-    constants = _SHARED_CONSTANTS.setdefault(graph, {})
-    found = constants.get(key)
-    if found is None:
-        found = constants[key] = tf.constant(array, dtype)
-    return found
 
 
 def replica_sum(tensors):
