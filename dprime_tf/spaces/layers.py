@@ -65,12 +65,16 @@ def replica_sum(tensors):
     launcher, options = found
 
     @tf.custom_gradient
-    def all_sum(*xs):
-        flat = [x if x.shape.rank == 1 else tf.reshape(x, [-1]) for x in xs]
-        total = launcher.all_reduce(flat[0] if len(flat) == 1 else tf.concat(flat, 0), options=options)
-        parts = [total] if len(xs) == 1 else tf.split(total, [shape.num_elements() for shape in shapes])
-        return [p if shape.rank == 1 else tf.reshape(p, shape) for p, shape in zip(parts, shapes)], \
-            lambda *dys: replica_sum(dys)
+    def all_sum(*xs):  # its reshapes, concat and split take shared constants (see shared_constant)
+        flat = [x if x.shape.rank == 1 else tf.reshape(x, shared_constant([-1], tf.int32)) for x in xs]
+        axis = shared_constant(0, tf.int32)
+        total = launcher.all_reduce(flat[0] if len(flat) == 1 else tf.raw_ops.ConcatV2(values=flat, axis=axis),
+                                    options=options)
+        parts = [total] if len(xs) == 1 else tf.raw_ops.SplitV(
+            value=total, size_splits=shared_constant([shape.num_elements() for shape in shapes], tf.int64),
+            axis=axis, num_split=len(xs))
+        return [p if shape.rank == 1 else tf.reshape(p, shared_constant(shape.as_list(), tf.int32))
+                for p, shape in zip(parts, shapes)], lambda *dys: replica_sum(dys)
 
     return all_sum(*tensors)
 
