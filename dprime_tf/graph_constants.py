@@ -8,7 +8,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-# Per graph: {(thread, device scope, dtype, shape, value bytes): constant tensor}.
+# Per graph: {(thread, device scope, dtype, shape, value bytes): the constant's op name}.
+# Names, not tensors: a tensor refers to its graph, and would keep every traced graph alive.
 _SHARED_CONSTANTS = weakref.WeakKeyDictionary()
 
 
@@ -31,8 +32,10 @@ def shared_constant(value, dtype):
     array = np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype)
     devices = tuple(spec.display_name for spec in graph._device_function_stack.peek_objs())
     key = (threading.get_ident(), devices, array.dtype.str, array.shape, array.tobytes())
-    constants = _SHARED_CONSTANTS.setdefault(graph, {})
-    found = constants.get(key)
-    if found is None:
-        found = constants[key] = tf.constant(array, dtype)
-    return found
+    names = _SHARED_CONSTANTS.setdefault(graph, {})
+    name = names.get(key)
+    if name is not None:
+        return graph.get_operation_by_name(name).outputs[0]
+    constant = tf.constant(array, dtype)
+    names[key] = constant.op.name
+    return constant

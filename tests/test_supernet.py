@@ -267,6 +267,13 @@ def test_shared_constants_are_per_graph_thread_device_and_dependency_scope():
     with tf.Graph().as_default():
         assert shared_constant(0.1, tf.float32) is not a
     assert float(shared_constant(0.1, tf.float32)) == np.float32(0.1)  # eager: a plain constant
+    # the constants go with their graph (a long process, a test worker or a tuner, traces many)
+    import gc
+    import weakref
+    traced = weakref.ref(tf.function(lambda: shared_constant(0.5, tf.float32) * 2.0).get_concrete_function().graph)
+    del graph, a, on_cpu, waiting, other
+    gc.collect()
+    assert traced() is None
 
 
 def test_a_traced_batch_norm_makes_few_constants():
