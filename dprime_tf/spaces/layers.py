@@ -363,8 +363,8 @@ class StatefulLayer(keras.layers.Layer):
             if batch.shape != v.shape:
                 batch = tf.reshape(batch, v.shape)
             # The variable's ops on its handle (this replica's copy under tf.distribute):
-            # the same graph nodes as `v.assign_sub(BN_MOMENTUM * (v - batch))` at a
-            # third of its tracing cost (no tape record of a read that carries no gradient).
+            # the graph nodes of `v.assign_sub(BN_MOMENTUM * (v - batch))`, without the
+            # Python layers around them (nor a tape record of a read with no gradient).
             handle = v.handle
             current = tf.raw_ops.ReadVariableOp(resource=handle, dtype=v.dtype)
             momentum = shared_constant(BN_MOMENTUM, v.dtype)
