@@ -90,18 +90,20 @@ def batch_moments(x, axes):
     are all-reduced.
     """
     ctx = tf.distribute.get_replica_context()
-    if x.shape.is_fully_defined():
-        local_count = shared_constant(float(np.prod([x.shape[a] for a in axes])), x.dtype)
+    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+    static = x.shape.is_fully_defined()
+    if static:
+        local_count = float(np.prod([x.shape[a] for a in axes]))
     else:
         local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    if replicas == 1:
         mean, var = tf.nn.moments(x, axes)
-        return mean, var, local_count
+        return mean, var, shared_constant(local_count, x.dtype) if static else local_count
     # Two passes (mean, then squared deviations) over the global batch: the
     # one-pass E[x^2] - E[x]^2 loses float32 precision when |mean| >> std.
     axes_tensor = shared_constant(axes, tf.int32)
-    if x.shape.is_fully_defined():
-        count = shared_constant(float(np.prod([x.shape[a] for a in axes])) * ctx.num_replicas_in_sync, x.dtype)
+    if static:
+        count = shared_constant(local_count * replicas, x.dtype)
         s, = replica_sum([tf.reduce_sum(x, axes_tensor)])
     else:
         s, count = replica_sum([tf.reduce_sum(x, axes_tensor), local_count])
