@@ -242,6 +242,56 @@ def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
+def test_batch_norm_output_scale_is_the_mixing_product():
+    """batch_norm(x, ..., scale=w) (a supernet op's last BN applying its mixing weight) equals
+    batch_norm(x) * w, with the same gradients for x and w (w's being sum(dy * x_hat) per channel),
+    in training (level-by-level statistics, and TensorFlow's fused kernel) and in inference; and
+    it moves the running statistics as the unscaled BN does. An affine BN refuses a scale."""
+    import keras
+
+    from dprime_tf.spaces import layers
+
+    class Norm(layers.StatefulLayer):
+        def __init__(self, affine=False):
+            super().__init__()
+            self.affine = affine
+
+        def build(self, shape):
+            self.stats = self.add_bn("bn", (shape[-1],), affine=self.affine)
+
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((6, 5, 5, 4)) * 2.0 + 1.0, tf.float32)
+    dy = tf.constant(rng.standard_normal((6, 5, 5, 4)), tf.float32)
+    w = tf.constant(rng.uniform(0.05, 0.3, 4), tf.float32)
+
+    def run(norm, training, scaled):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = norm.batch_norm(x, norm.stats, training, w) if scaled else norm.batch_norm(x, norm.stats, training) * w
+            loss = tf.reduce_sum(y * dy)
+        return [y, *tape.gradient(loss, [x, w]), norm.stats["mean"].value, norm.stats["var"].value]
+
+    try:
+        for precise, training in ((True, True), (False, True), (True, False)):
+            layers.set_precise_batch_norm(precise)
+            results = []
+            for scaled in (True, False):
+                norm = Norm()
+                norm.build(x.shape)
+                norm.stats["var"].assign(tf.constant([0.5, 1.0, 2.0, 4.0]))  # for inference
+                results.append(run(norm, training, scaled))
+            for name, got, want in zip(("y", "dx", "dw", "running mean", "running var"), *results):
+                np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-6, atol=2e-6,
+                                           err_msg=f"{name} (precise={precise}, training={training})")
+    finally:
+        layers.set_precise_batch_norm(True)
+    affine = Norm(affine=True)
+    affine.build(x.shape)
+    with pytest.raises(ValueError, match="without affine"):
+        affine.batch_norm(x, affine.stats, True, w)
+    keras.backend.clear_session()
+
+
 def test_shared_constants_are_per_graph_thread_device_and_dependency_scope():
     import threading
 

@@ -291,10 +291,17 @@ class StatefulLayer(keras.layers.Layer):
         return add_batch_norm(self, name, shape, affine)
 
     @staticmethod
-    def batch_norm(x, stats, training):
+    def batch_norm(x, stats, training, scale=None):
         """BN over all axes but the trailing channel axes of `stats`, with PyTorch's
         semantics: normalize with the biased batch variance, track the unbiased one
         with momentum 0.1.
+
+        `scale` (one value per channel, with its gradient; BN without affine
+        only) multiplies the output inside the BN kernel: a supernet's mixing
+        weight of the op this BN ends. The fused kernels' gradient already
+        sums dy * x_hat per channel, so the weight's gradient costs nothing,
+        and the separate product and its gradient (two passes over the
+        output forward, three backward) are gone.
 
         In training the batch statistics are accumulated level by level (see
         `precise_batch_norm`); TensorFlow's fused kernel sums them in one float32
@@ -302,24 +309,30 @@ class StatefulLayer(keras.layers.Layer):
         replicas the statistics are all-reduced over the global batch; in
         inference the fused kernel applies the running statistics.
         """
+        if scale is not None and "gamma" in stats:
+            raise ValueError("batch_norm: an output scale is for BN without affine parameters")
         with tf.name_scope("batch_norm"):  # named for profiles (dprime-bench --profile)
+            if scale is not None:
+                scale = tf.cast(scale, tf.float32)
             if x.dtype != tf.float32:  # mixed precision: statistics and normalization in float32
-                return tf.cast(StatefulLayer._batch_norm(tf.cast(x, tf.float32), stats, training), x.dtype)
-            return StatefulLayer._batch_norm(x, stats, training)
+                return tf.cast(StatefulLayer._batch_norm(tf.cast(x, tf.float32), stats, training, scale), x.dtype)
+            return StatefulLayer._batch_norm(x, stats, training, scale)
 
     @staticmethod
-    def _batch_norm(x, stats, training):
+    def _batch_norm(x, stats, training, out_scale=None):
         mean_var, var_var = stats["mean"].value, stats["var"].value
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1 and training:
-            return StatefulLayer._synced_batch_norm(x, stats)
+            return StatefulLayer._synced_batch_norm(x, stats, out_scale)
         channels = int(np.prod(mean_var.shape))
         flat = len(mean_var.shape) == 1
+        if out_scale is not None and not flat:
+            out_scale = tf.reshape(out_scale, [channels])
         if training and PRECISE_BATCH_NORM:
-            return StatefulLayer._precise_batch_norm(x, stats, channels)
+            return StatefulLayer._precise_batch_norm(x, stats, channels, out_scale)
         x4 = x if (len(x.shape) == 4 and flat) else tf.reshape(x, [-1, 1, 1, channels])
         scale = (stats["gamma"].value if flat else tf.reshape(stats["gamma"].value, [channels])) \
-            if "gamma" in stats else tf.ones([channels], x.dtype)
+            if "gamma" in stats else out_scale if out_scale is not None else tf.ones([channels], x.dtype)
         offset = (stats["beta"].value if flat else tf.reshape(stats["beta"].value, [channels])) \
             if "beta" in stats else tf.zeros([channels], x.dtype)
         y, new_mean, new_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
@@ -334,14 +347,14 @@ class StatefulLayer(keras.layers.Layer):
         return y if x4 is x else tf.reshape(y, tf.shape(x))
 
     @staticmethod
-    def _precise_batch_norm(x, stats, channels):
+    def _precise_batch_norm(x, stats, channels, out_scale=None):
         channel_rank = len(stats["mean"].shape)
         rank = len(x.shape)
         xc = x if channel_rank == 1 else tf.reshape(
             x, tf.concat([tf.shape(x)[:rank - channel_rank], [channels]], 0))
         affine = "gamma" in stats
         y, mean, var, count = precise_batch_norm(
-            xc, tf.reshape(stats["gamma"].value, [channels]) if affine else None,
+            xc, tf.reshape(stats["gamma"].value, [channels]) if affine else out_scale,
             tf.reshape(stats["beta"].value, [channels]) if affine else None)
         StatefulLayer._update_running_stats(stats, mean, var, count)
         return y if xc is x else tf.reshape(y, tf.shape(x))
@@ -373,7 +386,7 @@ class StatefulLayer(keras.layers.Layer):
             tf.raw_ops.AssignSubVariableOp(resource=handle, value=momentum * (current - batch))
 
     @staticmethod
-    def _synced_batch_norm(x, stats):
+    def _synced_batch_norm(x, stats, out_scale=None):
         """Training-mode BN over the global batch of several replicas.
 
         Forward: two all-reduces (sum and count, then squared deviations from
@@ -382,13 +395,17 @@ class StatefulLayer(keras.layers.Layer):
         gradient dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)) with
         global means; automatic differentiation through the forward's two
         all-reduces would take two more, each a replica synchronization.
-        gamma and beta get this replica's share of their gradient, like every
-        other weight (the step all-reduces the weight gradients).
+        gamma and beta (or `out_scale`, see `batch_norm`) get this replica's
+        share of their gradient, like every other weight (the step all-reduces
+        the weight gradients).
         """
         channel_rank = len(stats["mean"].shape)
         axes = list(range(len(x.shape) - channel_rank))
         # read on the tape (gamma and beta get their gradient through these reads)
         params = [tf.convert_to_tensor(stats[k].value) for k in ("gamma", "beta")] if "gamma" in stats else []
+        if out_scale is not None:
+            params = [tf.reshape(out_scale, stats["mean"].shape) if out_scale.shape != stats["mean"].shape
+                      else out_scale]
 
         with _record.stop_recording():  # the tape gets one record: (x, *params) -> y, see precise_batch_norm
             mean, var, count = batch_moments(x, axes)
@@ -396,7 +413,7 @@ class StatefulLayer(keras.layers.Layer):
             scale = inv * params[0] if params else inv
             centered = x - mean
             y = centered * scale
-            if params:
+            if len(params) == 2:
                 y = y + params[1]
 
         def grad(dy):  # mean, var and count carry no gradient
@@ -405,7 +422,7 @@ class StatefulLayer(keras.layers.Layer):
             local = [tf.reduce_sum(dy, axes_tensor), tf.reduce_sum(dy * x_hat, axes_tensor)]
             sum_dy, sum_dy_x_hat = replica_sum(local)
             dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
-            return [dx, local[1], local[0]] if params else [dx]
+            return [dx, local[1], local[0]][:1 + len(params)]
 
         _record.record_operation("SyncedBatchNorm", [y], [x, *params], grad)
         StatefulLayer._update_running_stats(stats, mean, var, count)

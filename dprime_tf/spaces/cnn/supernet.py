@@ -117,7 +117,8 @@ class FactorizedReduce(StatefulLayer):
         self.conv_2 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_2")
         self.bn = self.add_bn("bn", (self.copies * self.c_out,), affine=self.affine)
 
-    def call(self, x, training=False, relu_applied=False):
+    def call(self, x, training=False, relu_applied=False, scale=None):
+        """`scale`: per output channel, applied inside the BN (see StatefulLayer.batch_norm)."""
         if not relu_applied:
             x = tf.nn.relu(x)
         a = tf.nn.conv2d(x[:, ::2, ::2, :], self.conv_1, 1, "VALID")
@@ -129,7 +130,7 @@ class FactorizedReduce(StatefulLayer):
                              tf.concat([hw, [self.copies * self.c_out]], 0))
         else:
             out = tf.concat([a, b], axis=-1)
-        return self.batch_norm(out, self.bn, training)
+        return self.batch_norm(out, self.bn, training, scale)
 
     def get_config(self):
         return {**super().get_config(), "c_out": self.c_out, "copies": self.copies, "affine": self.affine}
@@ -209,15 +210,16 @@ class MixedEdges(StatefulLayer):
         parts = tf.split(y, n, axis=-1)
         return tf.concat([tf.nn.conv2d(p, k, 1, "VALID") for p, k in zip(parts, kernels)], -1)
 
-    def _conv_op(self, tiled, name, training):
+    def _conv_op(self, tiled, name, training, mixing):
+        """The op on every edge, its output times `mixing` (its weight per channel)."""
         k, dilation, separable = CONV_OPS[name]
         w = self.kernels[name]
         y = depthwise(tiled, w["dw1"], self.stride, dilation)
-        y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training)
+        y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training, None if separable else mixing)
         if not separable:
             return y
         y = depthwise(tf.nn.relu(y), w["dw2"])
-        return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training)
+        return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training, mixing)
 
     def call(self, x, weights, training=False):
         # Graph size matters here (it sets the first step's tracing time), so
@@ -225,14 +227,16 @@ class MixedEdges(StatefulLayer):
         n, c = self.n_edges, self.channels
         w = tf.cast(weights, x.dtype)  # (n, 8)
         per_op = tf.unstack(w, num=NUM_OPS, axis=1)  # (n,) each
-        per_channel = tf.unstack(tf.reshape(tf.broadcast_to(w[:, None, :], [n, c, NUM_OPS]), [n * c, NUM_OPS]),
-                                 num=NUM_OPS, axis=1)  # (n * c,) each, edge-major
+        # (n * c,) each, edge-major, in float32: the per-edge ops' BNs apply them (batch_norm's `scale`)
+        per_channel = tf.unstack(tf.reshape(tf.broadcast_to(weights[:, None, :], [n, c, NUM_OPS]), [n * c, NUM_OPS]),
+                                 num=NUM_OPS, axis=1)
         relu_x = tf.nn.relu(x)
         tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
-        per_edge = {name: self._conv_op(tiled, name, training) for name in CONV_OPS}
+        per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]]) for name in CONV_OPS]
         if self.stride == 2:
-            per_edge["skip_connect"] = self.reduce(relu_x, training=training, relu_applied=True)
-        total = tf.add_n([value * per_channel[OP[name]] for name, value in per_edge.items()])
+            per_edge.append(self.reduce(relu_x, training=training, relu_applied=True,
+                                        scale=per_channel[OP["skip_connect"]]))
+        total = tf.add_n(per_edge)
         height, width = total.shape[1], total.shape[2]
         total = tf.reshape(total, [-1, height, width, n, c])
         # Ops that are the same for every edge (no per-edge weights): computed once.
