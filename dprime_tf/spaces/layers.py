@@ -300,8 +300,8 @@ class StatefulLayer(keras.layers.Layer):
         only) multiplies the output inside the BN kernel: a supernet's mixing
         weight of the op this BN ends. The fused kernels' gradient already
         sums dy * x_hat per channel, so the weight's gradient costs nothing,
-        and the separate product and its gradient (two passes over the
-        output forward, three backward) are gone.
+        and the separate product (one op over the output forward) and its
+        gradient (three: dy * w, and dy * y summed per channel) are gone.
 
         In training the batch statistics are accumulated level by level (see
         `precise_batch_norm`); TensorFlow's fused kernel sums them in one float32
