@@ -312,8 +312,10 @@ class StatefulLayer(keras.layers.Layer):
         if scale is not None and "gamma" in stats:
             raise ValueError("batch_norm: an output scale is for BN without affine parameters")
         with tf.name_scope("batch_norm"):  # named for profiles (dprime-bench --profile)
-            if scale is not None:
+            if scale is not None:  # float32 and the statistics' shape, as gamma
                 scale = tf.cast(scale, tf.float32)
+                if scale.shape != stats["mean"].shape:
+                    scale = tf.reshape(scale, stats["mean"].shape)
             if x.dtype != tf.float32:  # mixed precision: statistics and normalization in float32
                 return tf.cast(StatefulLayer._batch_norm(tf.cast(x, tf.float32), stats, training, scale), x.dtype)
             return StatefulLayer._batch_norm(x, stats, training, scale)
@@ -331,8 +333,10 @@ class StatefulLayer(keras.layers.Layer):
         if training and PRECISE_BATCH_NORM:
             return StatefulLayer._precise_batch_norm(x, stats, channels, out_scale)
         x4 = x if (len(x.shape) == 4 and flat) else tf.reshape(x, [-1, 1, 1, channels])
-        scale = (stats["gamma"].value if flat else tf.reshape(stats["gamma"].value, [channels])) \
-            if "gamma" in stats else out_scale if out_scale is not None else tf.ones([channels], x.dtype)
+        if "gamma" in stats:
+            scale = stats["gamma"].value if flat else tf.reshape(stats["gamma"].value, [channels])
+        else:
+            scale = tf.ones([channels], x.dtype) if out_scale is None else out_scale
         offset = (stats["beta"].value if flat else tf.reshape(stats["beta"].value, [channels])) \
             if "beta" in stats else tf.zeros([channels], x.dtype)
         y, new_mean, new_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
@@ -404,8 +408,7 @@ class StatefulLayer(keras.layers.Layer):
         # read on the tape (gamma and beta get their gradient through these reads)
         params = [tf.convert_to_tensor(stats[k].value) for k in ("gamma", "beta")] if "gamma" in stats else []
         if out_scale is not None:
-            params = [tf.reshape(out_scale, stats["mean"].shape) if out_scale.shape != stats["mean"].shape
-                      else out_scale]
+            params = [out_scale]
 
         with _record.stop_recording():  # the tape gets one record: (x, *params) -> y, see precise_batch_norm
             mean, var, count = batch_moments(x, axes)
