@@ -69,12 +69,13 @@ def test_strided_dilated_depthwise_equals_naive():
         np.testing.assert_allclose(depthwise(x, kern, 2, 2).numpy(), naive.numpy(), atol=1e-5)
 
 
-def _edges_output_and_gradients(grouped, monkeypatch):
-    """MixedEdges (3 edges, stride 1 and 2) forward and gradients, pointwise convs grouped or split."""
+def _edges_output_and_gradients(grouped, monkeypatch, setting="GROUPED_POINTWISE", size=8):
+    """MixedEdges (3 edges, stride 1 and 2) forward and gradients, with supernet.<setting> = grouped
+    (by default: pointwise convs grouped or split)."""
     from dprime_tf.spaces.cnn import supernet
-    monkeypatch.setattr(supernet, "GROUPED_POINTWISE", grouped)
+    monkeypatch.setattr(supernet, setting, grouped)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(2, 8, 8, 6)), tf.float32)
+    x = tf.constant(rng.normal(size=(2, size, size, 6)), tf.float32)
     weights = tf.nn.softmax(tf.constant(rng.normal(size=(3, 8)), tf.float32))
     results = []
     for stride in (1, 2):
@@ -89,6 +90,36 @@ def _edges_output_and_gradients(grouped, monkeypatch):
         grads = tape.gradient(loss, layer.trainable_weights + [weights])
         results.append([o.numpy() for o in outs] + [g.numpy() for g in grads])
     return results
+
+
+def _space_to_batch_ops(layer, size):
+    f = tf.function(lambda x, w: layer(x, w, training=True), autograph=False)
+    graph = f.get_concrete_function(tf.TensorSpec((2, size, size, 6)), tf.TensorSpec((3, 8))).graph
+    return sum(op.type == "SpaceToBatchND" for op in graph.get_operations())
+
+
+def test_dilated_ops_in_the_phase_layout_equal_tensorflows_dilated_conv(monkeypatch):
+    """The dilated convs of a stride-1 MixedEdges run on the input split into its 2x2
+    pixel phases (one shared SpaceToBatchND, no padding): the same outputs and gradients
+    as TensorFlow's dilated depthwise conv, which pads and rearranges the input per op."""
+    from dprime_tf.spaces.cnn import supernet
+    for size in (8, 6):
+        phases = _edges_output_and_gradients(True, monkeypatch, "DILATED_IN_PHASES", size)
+        dilated = _edges_output_and_gradients(False, monkeypatch, "DILATED_IN_PHASES", size)
+        for per_stride_p, per_stride_d in zip(phases, dilated):
+            assert len(per_stride_p) == len(per_stride_d)
+            for a, b in zip(per_stride_p, per_stride_d):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+    layer = MixedEdges(6, 3, 1)
+    layer.build((2, 8, 8, 6))
+    monkeypatch.setattr(supernet, "DILATED_IN_PHASES", False)
+    assert _space_to_batch_ops(layer, 8) == 2  # TensorFlow's: one per dilated op
+    monkeypatch.setattr(supernet, "DILATED_IN_PHASES", True)
+    assert _space_to_batch_ops(layer, 8) == 1  # shared by both dilated ops
+    # Odd sizes have no 2x2 phases of one size: TensorFlow's dilated conv.
+    assert _space_to_batch_ops(layer, 7) == 2
+    np.testing.assert_allclose(supernet.from_phases(supernet.to_phases(tf.range(2 * 6 * 4 * 3.0).numpy().reshape(
+        2, 6, 4, 3), 2), 2), tf.range(2 * 6 * 4 * 3.0).numpy().reshape(2, 6, 4, 3))
 
 
 def test_grouped_and_split_pointwise_convs_agree(monkeypatch):

@@ -60,9 +60,32 @@ def depthwise(x, kernel, stride=1, dilation=1):
     return tf.nn.depthwise_conv2d(x[:, ::2, ::2, :], kernel, [1, 1, 1, 1], "SAME")
 
 
+def to_phases(x, block):
+    """(B, H, W, C) -> (block^2 B, H/block, W/block, C): x's pixels split by
+    (row, column) remainder mod `block` into block^2 sub-images, stacked in the
+    batch axis (space-to-batch without padding; H and W divisible by block).
+
+    A stride-1 conv dilated by `block` with symmetric padding is the undilated
+    'SAME' conv of each sub-image: output (block i + p) reads input
+    block (i + a - k//2) + p, which is sub-image p's pixel i + a - k//2, and it
+    falls outside x exactly when that falls outside the sub-image. Per-pixel
+    ops (1x1 convs) do not see the rearrangement either (see MixedEdges).
+    """
+    return tf.space_to_batch(x, [block, block], [[0, 0], [0, 0]])
+
+
+def from_phases(x, block):
+    """The inverse of `to_phases`."""
+    return tf.batch_to_space(x, [block, block], [[0, 0], [0, 0]])
+
+
 def subsample(x, stride):
     return x[:, ::2, ::2, :] if stride == 2 else x
 
+
+# Whether MixedEdges runs its dilated ops in the phase layout (see to_phases)
+# where it can; False gives TensorFlow's own dilated conv (the tests compare them).
+DILATED_IN_PHASES = True
 
 # Whether MixedEdges runs its per-edge pointwise convs as one grouped conv:
 # None decides by device (see `grouped_pointwise`); tests set True/False.
@@ -210,16 +233,35 @@ class MixedEdges(StatefulLayer):
         parts = tf.split(y, n, axis=-1)
         return tf.concat([tf.nn.conv2d(p, k, 1, "VALID") for p, k in zip(parts, kernels)], -1)
 
-    def _conv_op(self, tiled, name, training, mixing):
-        """The op on every edge, its output times `mixing` (its weight per channel)."""
+    def _conv_op(self, tiled, name, training, mixing, phases=None):
+        """The op on every edge, its output times `mixing` (its weight per channel).
+        `phases`: {dilation: to_phases(tiled, dilation)} where a dilated op runs
+        in that layout (stride 1, sizes divisible by the dilation)."""
         k, dilation, separable = CONV_OPS[name]
         w = self.kernels[name]
+        if phases and dilation in phases and not separable:
+            # TensorFlow's dilated conv pads the input and rearranges it the same
+            # way, once per op, and keeps that copy for the filter gradient; the
+            # dilated ops here share one unpadded copy, and the pointwise conv runs
+            # in it too. The BN does not: its fused gradient kernel's float32 sums
+            # (oneDNN's) come out differently in that layout, and a tiny search's
+            # step-0 FI moved from 4e-5 to 4e-4 of the official code's.
+            y = self._pointwise(depthwise(phases[dilation], w["dw1"]), w["pw1"])
+            return self.batch_norm(from_phases(y, dilation), w["bn1"], training, mixing)
         y = depthwise(tiled, w["dw1"], self.stride, dilation)
         y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training, None if separable else mixing)
         if not separable:
             return y
         y = depthwise(tf.nn.relu(y), w["dw2"])
         return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training, mixing)
+
+    def _phase_dilations(self, shape):
+        """The dilations whose ops run in the phase layout for an input of `shape`:
+        at stride 1, where the height and width are known and divisible by them."""
+        if not DILATED_IN_PHASES or self.stride != 1 or shape[1] is None or shape[2] is None:
+            return []
+        dilations = sorted({d for _, d, separable in CONV_OPS.values() if d > 1 and not separable})
+        return [d for d in dilations if shape[1] % d == 0 and shape[2] % d == 0]
 
     def call(self, x, weights, training=False):
         # Graph size matters here (it sets the first step's tracing time), so
@@ -232,7 +274,8 @@ class MixedEdges(StatefulLayer):
                                  num=NUM_OPS, axis=1)
         relu_x = tf.nn.relu(x)
         tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
-        per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]]) for name in CONV_OPS]
+        phases = {d: to_phases(tiled, d) for d in self._phase_dilations(x.shape)}
+        per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]], phases) for name in CONV_OPS]
         if self.stride == 2:
             per_edge.append(self.reduce(relu_x, training=training, relu_applied=True,
                                         scale=per_channel[OP["skip_connect"]]))
