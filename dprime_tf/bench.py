@@ -21,6 +21,7 @@ from dprime_tf.errors import UserError
 
 quiet_tensorflow()
 
+import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -132,11 +133,15 @@ def main(argv):
     alpha_step = tf.function(lambda: strategy.run(search._alpha_step_fn, args=(batch, progress)), autograph=False)
     kinds = [("weight step", weight_step), ("alpha step", alpha_step)]
     kinds = [k for k in kinds if FLAGS.kinds in ("both", k[0].split()[0])]
-    results = {}
+    results, starts = {}, {}
     for name, fn in kinds:
         t = time.perf_counter()
+        fn.get_concrete_function()
+        traced = time.perf_counter() - t
+        cpu = os.times()
         _wait(strategy, fn())
         first = time.perf_counter() - t
+        starts[name] = (traced, os.times().system - cpu.system)
         times = []
         for _ in range(FLAGS.steps):
             t = time.perf_counter()
@@ -164,6 +169,9 @@ def main(argv):
         print(f"{name:11s}: first step (trace + optimize + run) {first:6.1f} s | median {med:6.3f} s "
               f"[{lo:.3f}-{hi:.3f}] | {b / med:6.1f} img/s | {step_flops / med / 1e9:6.1f} GFLOP/s "
               f"= {step_flops / med / peak:5.1%} of matmul peak")
+    for name, (traced, system) in starts.items():
+        print(f"{name:11s}: first step = trace {traced:.1f} s, then optimize + run with {system:.1f} s of kernel "
+              f"CPU time (mostly memory touched for the first time; BUILD.md, Speed notes)")
     if len(results) == 2:
         print(f"alpha step / weight step: {results['alpha step'][1] / results['weight step'][1]:.2f}")
     print(f"peak RSS: {rss_gb:.2f} GB")
