@@ -92,32 +92,37 @@ def _edges_output_and_gradients(grouped, monkeypatch, setting="GROUPED_POINTWISE
     return results
 
 
-def _space_to_batch_ops(layer, size):
+def _ops_of_type(layer, size, op_type="SpaceToBatchND"):
     f = tf.function(lambda x, w: layer(x, w, training=True), autograph=False)
     graph = f.get_concrete_function(tf.TensorSpec((2, size, size, 6)), tf.TensorSpec((3, 8))).graph
-    return sum(op.type == "SpaceToBatchND" for op in graph.get_operations())
+    return sum(op.type == op_type for op in graph.get_operations())
 
 
-def test_dilated_ops_in_the_phase_layout_equal_tensorflows_dilated_conv(monkeypatch):
+def test_dilated_ops_on_a_shared_input_equal_tensorflows_dilated_conv(monkeypatch):
     """The dilated convs of a stride-1 MixedEdges run on the input split into its 2x2
-    pixel phases (one shared SpaceToBatchND, no padding): the same outputs and gradients
-    as TensorFlow's dilated depthwise conv, which pads and rearranges the input per op."""
+    pixel phases (one shared SpaceToBatchND, no padding), those of a stride-2 one on its
+    even pixels sliced once: the same outputs and gradients as TensorFlow's dilated
+    depthwise conv, which pads and rearranges the input per op, and as slicing per op."""
     from dprime_tf.spaces.cnn import supernet
     for size in (8, 6):
-        phases = _edges_output_and_gradients(True, monkeypatch, "DILATED_IN_PHASES", size)
-        dilated = _edges_output_and_gradients(False, monkeypatch, "DILATED_IN_PHASES", size)
+        phases = _edges_output_and_gradients(True, monkeypatch, "SHARED_DILATED_INPUT", size)
+        dilated = _edges_output_and_gradients(False, monkeypatch, "SHARED_DILATED_INPUT", size)
         for per_stride_p, per_stride_d in zip(phases, dilated):
             assert len(per_stride_p) == len(per_stride_d)
             for a, b in zip(per_stride_p, per_stride_d):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
     layer = MixedEdges(6, 3, 1)
     layer.build((2, 8, 8, 6))
-    monkeypatch.setattr(supernet, "DILATED_IN_PHASES", False)
-    assert _space_to_batch_ops(layer, 8) == 2  # TensorFlow's: one per dilated op
-    monkeypatch.setattr(supernet, "DILATED_IN_PHASES", True)
-    assert _space_to_batch_ops(layer, 8) == 1  # shared by both dilated ops
+    reduce = MixedEdges(6, 3, 2)
+    reduce.build((2, 8, 8, 6))
+    monkeypatch.setattr(supernet, "SHARED_DILATED_INPUT", False)
+    assert _ops_of_type(layer, 8) == 2  # TensorFlow's: one per dilated op
+    slices = _ops_of_type(reduce, 8, "StridedSlice")
+    monkeypatch.setattr(supernet, "SHARED_DILATED_INPUT", True)
+    assert _ops_of_type(layer, 8) == 1  # shared by both dilated ops
+    assert _ops_of_type(reduce, 8, "StridedSlice") == slices - 2  # x[:, ::2, ::2] once, not per dilated op and skip
     # Odd sizes have no 2x2 phases of one size: TensorFlow's dilated conv.
-    assert _space_to_batch_ops(layer, 7) == 2
+    assert _ops_of_type(layer, 7) == 2
     np.testing.assert_allclose(supernet.from_phases(supernet.to_phases(tf.range(2 * 6 * 4 * 3.0).numpy().reshape(
         2, 6, 4, 3), 2), 2), tf.range(2 * 6 * 4 * 3.0).numpy().reshape(2, 6, 4, 3))
 

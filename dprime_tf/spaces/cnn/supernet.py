@@ -83,9 +83,10 @@ def subsample(x, stride):
     return x[:, ::2, ::2, :] if stride == 2 else x
 
 
-# Whether MixedEdges runs its dilated ops in the phase layout (see to_phases)
-# where it can; False gives TensorFlow's own dilated conv (the tests compare them).
-DILATED_IN_PHASES = True
+# Whether the dilated ops of a MixedEdges share one rearranged input: the 2x2
+# phases at stride 1 (see to_phases), the even pixels at stride 2. False gives
+# each op its own (TensorFlow's dilated conv at stride 1); the tests compare them.
+SHARED_DILATED_INPUT = True
 
 # Whether MixedEdges runs its per-edge pointwise convs as one grouped conv:
 # None decides by device (see `grouped_pointwise`); tests set True/False.
@@ -140,11 +141,12 @@ class FactorizedReduce(StatefulLayer):
         self.conv_2 = self.add_weight(shape=(1, 1, c_in, self.copies * half), initializer=init, name="conv_2")
         self.bn = self.add_bn("bn", (self.copies * self.c_out,), affine=self.affine)
 
-    def call(self, x, training=False, relu_applied=False, scale=None):
-        """`scale`: per output channel, applied inside the BN (see StatefulLayer.batch_norm)."""
+    def call(self, x, training=False, relu_applied=False, scale=None, even=None):
+        """`scale`: per output channel, applied inside the BN (see StatefulLayer.batch_norm).
+        `even`: x[:, ::2, ::2, :] (after the ReLU) where the caller has it already."""
         if not relu_applied:
             x = tf.nn.relu(x)
-        a = tf.nn.conv2d(x[:, ::2, ::2, :], self.conv_1, 1, "VALID")
+        a = tf.nn.conv2d(x[:, ::2, ::2, :] if even is None else even, self.conv_1, 1, "VALID")
         b = tf.nn.conv2d(x[:, 1::2, 1::2, :], self.conv_2, 1, "VALID")
         if self.copies > 1:  # interleave the halves per copy: [a_0, b_0, a_1, b_1, ...]
             hw = tf.shape(a)[:3]
@@ -233,21 +235,19 @@ class MixedEdges(StatefulLayer):
         parts = tf.split(y, n, axis=-1)
         return tf.concat([tf.nn.conv2d(p, k, 1, "VALID") for p, k in zip(parts, kernels)], -1)
 
-    def _conv_op(self, tiled, name, training, mixing, phases=None):
+    def _conv_op(self, tiled, name, training, mixing, dilated=None):
         """The op on every edge, its output times `mixing` (its weight per channel).
-        `phases`: {dilation: to_phases(tiled, dilation)} where a dilated op runs
-        in that layout (stride 1, sizes divisible by the dilation)."""
+        `dilated`: {dilation: (input, back)} for the dilated ops that run on a
+        shared input (see `_dilated_inputs`); the others run on `tiled`."""
         k, dilation, separable = CONV_OPS[name]
         w = self.kernels[name]
-        if phases and dilation in phases and not separable:
-            # TensorFlow's dilated conv pads the input and rearranges it the same
-            # way, once per op, and keeps that copy for the filter gradient; the
-            # dilated ops here share one unpadded copy, and the pointwise conv runs
-            # in it too. The BN does not: its fused gradient kernel's float32 sums
-            # (oneDNN's) come out differently in that layout, and a tiny search's
-            # step-0 FI moved from 4e-5 to 4e-4 of the official code's.
-            y = self._pointwise(depthwise(phases[dilation], w["dw1"]), w["pw1"])
-            return self.batch_norm(from_phases(y, dilation), w["bn1"], training, mixing)
+        if dilated and dilation in dilated and not separable:
+            # The BN runs after `back`: in the phase layout oneDNN's fused BN
+            # gradient sums in another order, and a tiny search's step-0 FI moved
+            # from 4e-5 to 4e-4 of the official code's.
+            shared_input, back = dilated[dilation]
+            y = back(self._pointwise(depthwise(shared_input, w["dw1"]), w["pw1"]))
+            return self.batch_norm(y, w["bn1"], training, mixing)
         y = depthwise(tiled, w["dw1"], self.stride, dilation)
         y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training, None if separable else mixing)
         if not separable:
@@ -255,13 +255,31 @@ class MixedEdges(StatefulLayer):
         y = depthwise(tf.nn.relu(y), w["dw2"])
         return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training, mixing)
 
-    def _phase_dilations(self, shape):
-        """The dilations whose ops run in the phase layout for an input of `shape`:
-        at stride 1, where the height and width are known and divisible by them."""
-        if not DILATED_IN_PHASES or self.stride != 1 or shape[1] is None or shape[2] is None:
-            return []
+    def _dilated_inputs(self, shape, tiled, even):
+        """{dilation: (input, back)}: the input the ops of that dilation share,
+        rearranged so that an undilated stride-1 'SAME' depthwise conv on it is
+        theirs, and `back`, which brings their 1x1 conv's output to the usual
+        layout.
+
+        TensorFlow's dilated conv pads and rearranges its input once per op, and
+        keeps that copy for the filter gradient; here the dilated ops of one
+        state share one unpadded copy, and run their 1x1 conv in it too. At
+        stride 1 that is the 2x2 phases of the tiled input (heights and widths
+        divisible by the dilation); at stride 2 (dilation 2) the even pixels,
+        tiled after the slicing (see `depthwise`), so the slicing's gradient
+        fills a quarter-size tensor of one edge instead of one full-size tensor
+        of every edge per op."""
+        if not SHARED_DILATED_INPUT:
+            return {}
         dilations = sorted({d for _, d, separable in CONV_OPS.values() if d > 1 and not separable})
-        return [d for d in dilations if shape[1] % d == 0 and shape[2] % d == 0]
+        n = self.n_edges
+        if self.stride == 2:
+            tiled_even = tf.tile(even, [1, 1, 1, n]) if n > 1 else even
+            return {2: (tiled_even, lambda y: y)} if 2 in dilations else {}
+        if shape[1] is None or shape[2] is None:
+            return {}
+        return {d: (to_phases(tiled, d), lambda y, d=d: from_phases(y, d))
+                for d in dilations if shape[1] % d == 0 and shape[2] % d == 0}
 
     def call(self, x, weights, training=False):
         # Graph size matters here (it sets the first step's tracing time), so
@@ -274,11 +292,12 @@ class MixedEdges(StatefulLayer):
                                  num=NUM_OPS, axis=1)
         relu_x = tf.nn.relu(x)
         tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
-        phases = {d: to_phases(tiled, d) for d in self._phase_dilations(x.shape)}
-        per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]], phases) for name in CONV_OPS]
+        even = relu_x[:, ::2, ::2, :] if self.stride == 2 else None  # the skip's and the dilated ops' input
+        dilated = self._dilated_inputs(x.shape, tiled, even)
+        per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]], dilated) for name in CONV_OPS]
         if self.stride == 2:
             per_edge.append(self.reduce(relu_x, training=training, relu_applied=True,
-                                        scale=per_channel[OP["skip_connect"]]))
+                                        scale=per_channel[OP["skip_connect"]], even=even))
         total = tf.add_n(per_edge)
         height, width = total.shape[1], total.shape[2]
         total = tf.reshape(total, [-1, height, width, n, c])
