@@ -265,10 +265,11 @@ class MixedEdges(StatefulLayer):
         keeps that copy for the filter gradient; here the dilated ops of one
         state share one unpadded copy, and run their 1x1 conv in it too. At
         stride 1 that is the 2x2 phases of the tiled input (heights and widths
-        divisible by the dilation); at stride 2 (dilation 2) the even pixels,
-        tiled after the slicing (see `depthwise`), so the slicing's gradient
-        fills a quarter-size tensor of one edge instead of one full-size tensor
-        of every edge per op."""
+        divisible by the dilation); at stride 2 (dilation 2) the even pixels
+        (see `depthwise`), sliced from one edge's channels and tiled after, so
+        the slicing's gradient fills one input-size tensor of one edge's
+        channels, shared with the skip's reduce, instead of one of all edges'
+        channels per dilated op."""
         if not SHARED_DILATED_INPUT:
             return {}
         dilations = sorted({d for _, d, separable in CONV_OPS.values() if d > 1 and not separable})
