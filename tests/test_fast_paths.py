@@ -29,7 +29,9 @@ ONE_STEP = {  # loss relative, FI relative, least cosine similarity of the weigh
 }
 SIX_STEPS = {  # per-step loss relative, FI relative
     "bf16": (0.08, 0.3),  # [0.044, 0.16]: the search's own chaos grows the differences
-    "fp16": (0.04, 0.2),  # [0.018, 0.091]
+    # fp16 [0.017 -> 0.036 -> 0.042, 0.091]: three releases with the same one-step error (loss 3.4e-5,
+    # FI 3.7e-3-3.8e-3, cosines 0.9992) whose sums run in other orders (the dilated ops' shared input)
+    "fp16": (0.06, 0.2),
     "xla": (1e-4, 1e-3),  # [< 1e-5, < 1e-5]
 }
 
