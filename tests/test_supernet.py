@@ -215,7 +215,7 @@ def test_recompute_gives_the_same_step_and_updates_running_statistics_once():
 def _custom_gradient_batch_norm(x, scale, offset, epsilon=1e-5):
     """The training-mode BN of `layers.precise_batch_norm` written with tf.custom_gradient
     (its previous form): the reference for its tape record and its gradient override."""
-    from dprime_tf.spaces.layers import channel_sum
+    from dprime_tf.spaces.layers import channel_sum, reserved_variance
     channels = x.shape[-1]
     count = float(np.prod(x.shape[:-1]))
     zeros = tf.zeros([channels], x.dtype)
@@ -232,7 +232,8 @@ def _custom_gradient_batch_norm(x, scale, offset, epsilon=1e-5):
         def grad(dy):
             dy4 = tf.reshape(dy, tf.shape(c4))
             dx, ds, do = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy4, x=c4, scale=scale, reserve_space_1=zeros, reserve_space_2=var,
+                y_backprop=dy4, x=c4, scale=scale, reserve_space_1=zeros,
+                reserve_space_2=reserved_variance(var, epsilon, c4.device),
                 reserve_space_3=tf.zeros([0], x.dtype), epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
             return tf.reshape(dx, tf.shape(x)), ds, do
         return tf.reshape(y, tf.shape(x)), grad
@@ -276,6 +277,42 @@ def test_precise_batch_norm_gradient_is_the_custom_gradient_one(shape):
             np.testing.assert_array_equal(got.numpy(), want.numpy())
     for got, want in zip(taped(ours), taped(_custom_gradient_batch_norm)):  # eager: the tape record alone
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_reserved_variance_is_what_the_training_forward_reserves_here():
+    """precise_batch_norm hands FusedBatchNormGradV3 its own reserve_space_2: the batch variance
+    on CPUs, cuDNN's inverse standard deviation on GPUs. It must be what TensorFlow's own
+    training-mode forward reserves on the device the test runs on."""
+    from dprime_tf.spaces.layers import reserved_variance
+    x = tf.constant(np.random.default_rng(0).normal(3.0, 2.0, size=(8, 4, 4, 6)), tf.float32)
+    forward = tf.raw_ops.FusedBatchNormV3(x=x, scale=tf.ones([6]), offset=tf.zeros([6]), mean=tf.zeros([0]),
+                                          variance=tf.zeros([0]), epsilon=1e-3, is_training=True)
+    reserved = forward[4]
+    ours = reserved_variance(tf.nn.moments(x, [0, 1, 2])[1], 1e-3, reserved.device)
+    np.testing.assert_allclose(ours.numpy(), reserved.numpy(), rtol=1e-5)
+
+
+def test_precise_batch_norm_gradient_is_the_formulas():
+    """The fused training-mode gradient precise_batch_norm attaches equals automatic
+    differentiation of the BN formula written out, on whatever device runs the test."""
+    from dprime_tf.spaces.layers import precise_batch_norm
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(1.5, 0.7, size=(6, 5, 5, 4)), tf.float32)
+    w = tf.constant(rng.standard_normal((6, 5, 5, 4)), tf.float32)
+    scale = tf.constant(rng.uniform(0.5, 1.5, 4), tf.float32)
+
+    def formula(x, scale, offset):
+        mean, var = tf.nn.moments(x, [0, 1, 2])
+        return (x - mean) * tf.math.rsqrt(var + 1e-5) * scale + offset
+
+    results = []
+    for bn in (lambda *a: precise_batch_norm(*a)[0], formula):
+        with tf.GradientTape() as tape:
+            tape.watch([x, scale])
+            loss = tf.reduce_sum(bn(x, scale, tf.zeros([4])) * w)
+        results.append(tape.gradient(loss, [x, scale]))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_batch_norm_output_scale_is_the_mixing_product():

@@ -181,18 +181,39 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
 
     def grad(dy):
         dy4 = dy if c4 is centered else tf.reshape(dy, tf.shape(c4))
-        dx, dscale, doffset = _training_bn_grad(dy4, c4, scale, var, epsilon)
+        dx, dscale, doffset = _training_bn_grad(dy4, c4, scale, var, epsilon, c4.device)
         return [dx if c4 is centered else tf.reshape(dx, tf.shape(x)), dscale, doffset]
 
     _record.record_operation("PreciseBatchNorm", [y], [x, scale, offset], grad)
     return y, mean, var, count
 
 
-def _training_bn_grad(dy, centered, scale, var, epsilon):
-    """Training-mode BN gradient (dx, dscale, doffset) of a batch whose mean is 0."""
+def runs_on_gpu(device: str = "") -> bool:
+    """Whether an op on `device` (a tensor's or op's device, "" if unplaced)
+    runs on a GPU: one is named, or none is and a GPU is visible (the placer
+    then puts ops that have GPU kernels there)."""
+    if "GPU" in device.upper():
+        return True
+    return not device and bool(tf.config.list_logical_devices("GPU"))
+
+
+def reserved_variance(var, epsilon, device: str = ""):
+    """What FusedBatchNormGradV3 in training mode reads as `reserve_space_2`
+    on `device`: the batch variance on CPUs, but cuDNN's saved inverse
+    standard deviation, 1 / sqrt(var + epsilon), on GPUs (the op's
+    documentation: "inverted variance in the cuDNN case"; it is what the
+    training-mode forward op reserves there, which tests/test_supernet.py
+    checks on the device it runs on)."""
+    return tf.math.rsqrt(var + epsilon) if runs_on_gpu(device) else var
+
+
+def _training_bn_grad(dy, centered, scale, var, epsilon, device=""):
+    """Training-mode BN gradient (dx, dscale, doffset) of a batch whose mean is 0,
+    for ops on `device` (see `reserved_variance`)."""
     zeros = shared_constant(np.zeros(var.shape), var.dtype)
     return tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=dy, x=centered, scale=scale, reserve_space_1=zeros, reserve_space_2=var,
+        y_backprop=dy, x=centered, scale=scale, reserve_space_1=zeros,
+        reserve_space_2=reserved_variance(var, epsilon, device),
         reserve_space_3=shared_constant(np.zeros([0]), var.dtype), epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
 
 
@@ -203,7 +224,8 @@ def _precise_batch_norm_graph_grad(op, dy, *_unused):
     """`precise_batch_norm`'s gradient for symbolic differentiation: its
     inference-mode FusedBatchNormV3 (inputs: centered x, scale, offset, zero
     mean, batch variance) differentiated as training-mode BN."""
-    dx, dscale, doffset = _training_bn_grad(dy, op.inputs[0], op.inputs[1], op.inputs[4], op.get_attr("epsilon"))
+    dx, dscale, doffset = _training_bn_grad(dy, op.inputs[0], op.inputs[1], op.inputs[4], op.get_attr("epsilon"),
+                                            op.device)
     return dx, dscale, doffset, None, None
 
 

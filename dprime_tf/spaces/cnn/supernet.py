@@ -22,7 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, recompute_in_backward, torch_default_init
+from dprime_tf.spaces.layers import (StatefulLayer, add_batch_norm, recompute_in_backward, runs_on_gpu,
+                                     torch_default_init)
 from dprime_tf.spaces.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
@@ -103,9 +104,7 @@ def grouped_pointwise(device: str = "", dtype=tf.float32) -> bool:
     same results, and 8% off the paper-size weight step."""
     if GROUPED_POINTWISE is not None:
         return GROUPED_POINTWISE
-    if "GPU" in device.upper():
-        return True
-    if not device and tf.config.list_logical_devices("GPU"):
+    if runs_on_gpu(device):
         return True
     return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16) and onednn_enabled()
 
