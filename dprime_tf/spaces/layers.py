@@ -343,6 +343,57 @@ class StatefulLayer(keras.layers.Layer):
             return StatefulLayer._batch_norm(x, stats, training, scale)
 
     @staticmethod
+    def batch_norm_relu_depthwise(x, stats, kernel, training):
+        """depthwise_conv2d(relu(batch_norm(x, stats, training)), kernel), stride
+        1, 'SAME': the middle of a separable conv op.
+
+        Composed of the three ops, the backward pass keeps the BN's centered
+        input (its gradient) and the ReLU's output (the ReLU's gradient and the
+        conv's filter gradient): two tensors of x's size. In training on one
+        replica in float32 (`precise_batch_norm`'s path) the three ops are one
+        tape record that keeps only the BN's output y = x_hat: the gradient
+        computes the ReLU again from it (one elementwise op), and hands the
+        fused BN gradient kernel y itself as the centered input, with unit
+        variance and the true 1 / sqrt(var + eps) as its scale, which is the
+        same gradient. At the paper's search size that is one tensor less per
+        separable op (two per group of edges; BUILD.md). Elsewhere (several
+        replicas, 16-bit types, TensorFlow's fused statistics, inference), the
+        three ops.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+        one_path = (training and PRECISE_BATCH_NORM and replicas == 1 and x.dtype == tf.float32
+                    and len(x.shape) == 4 and len(stats["mean"].shape) == 1 and "gamma" not in stats)
+        strides = [1, 1, 1, 1]
+        if not one_path:
+            y = StatefulLayer.batch_norm(x, stats, training)
+            return tf.nn.depthwise_conv2d(tf.nn.relu(y), kernel, strides, "SAME")
+        k = tf.convert_to_tensor(kernel)  # read on the tape: the kernel's gradient reaches the variable
+        with _record.stop_recording():
+            y, mean, var, count = precise_batch_norm(x)
+            StatefulLayer._update_running_stats(stats, mean, var, count)
+            z = tf.nn.depthwise_conv2d(tf.nn.relu(y), k, strides, "SAME")
+            inv = tf.math.rsqrt(var + BN_EPS)
+            # reserved_variance(1 - eps) is 1 on every device: the kernel's x_hat is y itself
+            unit = shared_constant(np.full(var.shape, 1.0 - BN_EPS), var.dtype)
+
+        def grad(dz):
+            # Not before the gradient arrives: Grappler would otherwise merge it
+            # with the forward's ReLU (common subexpressions), which then stays alive.
+            with tf.control_dependencies([dz]):
+                relu_y = tf.nn.relu(y)
+            dk = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+                input=relu_y, filter_sizes=tf.shape(k), out_backprop=dz, strides=strides, padding="SAME")
+            dr = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+                input_sizes=tf.shape(relu_y), filter=k, out_backprop=dz, strides=strides, padding="SAME")
+            dy = tf.raw_ops.ReluGrad(gradients=dr, features=y)
+            dx = _training_bn_grad(dy, y, inv, unit, BN_EPS, y.device)[0]
+            return [dx, dk]
+
+        _record.record_operation("BatchNormReluDepthwise", [z], [x, k], grad)
+        return z
+
+    @staticmethod
     def _batch_norm(x, stats, training, out_scale=None):
         mean_var, var_var = stats["mean"].value, stats["var"].value
         ctx = tf.distribute.get_replica_context()

@@ -247,11 +247,10 @@ class MixedEdges(StatefulLayer):
             shared_input, back = dilated[dilation]
             y = back(self._pointwise(depthwise(shared_input, w["dw1"]), w["pw1"]))
             return self.batch_norm(y, w["bn1"], training, mixing)
-        y = depthwise(tiled, w["dw1"], self.stride, dilation)
-        y = self.batch_norm(self._pointwise(y, w["pw1"]), w["bn1"], training, None if separable else mixing)
+        y = self._pointwise(depthwise(tiled, w["dw1"], self.stride, dilation), w["pw1"])
         if not separable:
-            return y
-        y = depthwise(tf.nn.relu(y), w["dw2"])
+            return self.batch_norm(y, w["bn1"], training, mixing)
+        y = self.batch_norm_relu_depthwise(y, w["bn1"], w["dw2"], training)
         return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training, mixing)
 
     def _dilated_inputs(self, shape, tiled, even):
