@@ -123,8 +123,8 @@ def test_dilated_ops_on_a_shared_input_equal_tensorflows_dilated_conv(monkeypatc
     assert _ops_of_type(reduce, 8, "StridedSlice") == slices - 2  # x[:, ::2, ::2] once, not per dilated op and skip
     # Odd sizes have no 2x2 phases of one size: TensorFlow's dilated conv.
     assert _ops_of_type(layer, 7) == 2
-    np.testing.assert_allclose(supernet.from_phases(supernet.to_phases(tf.range(2 * 6 * 4 * 3.0).numpy().reshape(
-        2, 6, 4, 3), 2), 2), tf.range(2 * 6 * 4 * 3.0).numpy().reshape(2, 6, 4, 3))
+    grid = np.arange(2 * 6 * 4 * 3, dtype=np.float32).reshape(2, 6, 4, 3)
+    np.testing.assert_array_equal(supernet.from_phases(supernet.to_phases(grid, 2), 2), grid)
 
 
 def test_grouped_and_split_pointwise_convs_agree(monkeypatch):
@@ -387,9 +387,11 @@ def test_batch_norm_relu_depthwise_is_the_three_ops_and_keeps_one_tensor_less():
             return tape.gradient(loss, [x, block.kernel])
         return _kept_for_backward(step, spec)
     assert kept(False) - kept(True) >= 4 * np.prod(shape)  # one float32 tensor of x's size
+
     # The backward's ReLU waits for the gradient: without that, Grappler merges it with the
     # forward's (same op, same input) and the forward's output stays alive after all (measured:
     # no memory saved at the paper's size).
+
     def grads(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
