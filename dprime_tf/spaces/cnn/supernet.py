@@ -88,6 +88,8 @@ def subsample(x, stride):
 # phases at stride 1 (see to_phases), the even pixels at stride 2. False gives
 # each op its own (TensorFlow's dilated conv at stride 1); the tests compare them.
 SHARED_DILATED_INPUT = True
+# The dilations of the non-separable (dil_conv) ops, the ones that can share an input.
+SHAREABLE_DILATIONS = tuple(sorted({d for _, d, separable in CONV_OPS.values() if d > 1 and not separable}))
 
 # Whether MixedEdges runs its per-edge pointwise convs as one grouped conv:
 # None decides by device (see `grouped_pointwise`); tests set True/False.
@@ -270,15 +272,16 @@ class MixedEdges(StatefulLayer):
         channels per dilated op."""
         if not SHARED_DILATED_INPUT:
             return {}
-        dilations = sorted({d for _, d, separable in CONV_OPS.values() if d > 1 and not separable})
-        n = self.n_edges
         if self.stride == 2:
-            tiled_even = tf.tile(even, [1, 1, 1, n]) if n > 1 else even
-            return {2: (tiled_even, lambda y: y)} if 2 in dilations else {}
+            return {2: (self._tile(even), lambda y: y)} if 2 in SHAREABLE_DILATIONS else {}
         if shape[1] is None or shape[2] is None:
             return {}
         return {d: (to_phases(tiled, d), lambda y, d=d: from_phases(y, d))
-                for d in dilations if shape[1] % d == 0 and shape[2] % d == 0}
+                for d in SHAREABLE_DILATIONS if shape[1] % d == 0 and shape[2] % d == 0}
+
+    def _tile(self, x):
+        """x (B, H, W, C) repeated for every edge: (B, H, W, n_edges * C), edge-major."""
+        return tf.tile(x, [1, 1, 1, self.n_edges]) if self.n_edges > 1 else x
 
     def call(self, x, weights, training=False):
         # Graph size matters here (it sets the first step's tracing time), so
@@ -290,7 +293,7 @@ class MixedEdges(StatefulLayer):
         per_channel = tf.unstack(tf.reshape(tf.broadcast_to(weights[:, None, :], [n, c, NUM_OPS]), [n * c, NUM_OPS]),
                                  num=NUM_OPS, axis=1)
         relu_x = tf.nn.relu(x)
-        tiled = tf.tile(relu_x, [1, 1, 1, n]) if n > 1 else relu_x
+        tiled = self._tile(relu_x)
         even = relu_x[:, ::2, ::2, :] if self.stride == 2 else None  # the skip's and the dilated ops' input
         dilated = self._dilated_inputs(x.shape, tiled, even)
         per_edge = [self._conv_op(tiled, name, training, per_channel[OP[name]], dilated) for name in CONV_OPS]
