@@ -15,6 +15,8 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
 from dprime_tf.graph_constants import shared_constant
+from dprime_tf.spaces.depthwise import depthwise_conv2d, filter_gradient
+from dprime_tf.spaces.devices import runs_on_gpu
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
@@ -188,15 +190,6 @@ def precise_batch_norm(x, scale=None, offset=None, epsilon=BN_EPS):
     return y, mean, var, count
 
 
-def runs_on_gpu(device: str = "") -> bool:
-    """Whether an op on `device` (a tensor's or op's device, "" if unplaced)
-    runs on a GPU: one is named, or none is and a GPU is visible (the placer
-    then puts ops that have GPU kernels there)."""
-    if "GPU" in device.upper():
-        return True
-    return not device and bool(tf.config.list_logical_devices("GPU"))
-
-
 def reserved_variance(var, epsilon, device: str = ""):
     """What FusedBatchNormGradV3 in training mode reads as `reserve_space_2`
     on `device`: the batch variance on CPUs, but cuDNN's saved inverse
@@ -367,7 +360,7 @@ class StatefulLayer(keras.layers.Layer):
         strides = [1, 1, 1, 1]
         if not one_path:
             y = StatefulLayer.batch_norm(x, stats, training)
-            return tf.nn.depthwise_conv2d(tf.nn.relu(y), kernel, strides, "SAME")
+            return depthwise_conv2d(tf.nn.relu(y), kernel)
         k = tf.convert_to_tensor(kernel)  # read on the tape: the kernel's gradient reaches the variable
         with _record.stop_recording():
             y, mean, var, count = precise_batch_norm(x)
@@ -382,8 +375,7 @@ class StatefulLayer(keras.layers.Layer):
             # with the forward's ReLU (common subexpressions), which then stays alive.
             with tf.control_dependencies([dz]):
                 relu_y = tf.nn.relu(y)
-            dk = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-                input=relu_y, filter_sizes=tf.shape(k), out_backprop=dz, strides=strides, padding="SAME")
+            dk = filter_gradient(relu_y, k.shape, dz, strides, "SAME")
             dr = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
                 input_sizes=tf.shape(relu_y), filter=k, out_backprop=dz, strides=strides, padding="SAME")
             dy = tf.raw_ops.ReluGrad(gradients=dr, features=y)

@@ -22,8 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dprime_tf.spaces.layers import (StatefulLayer, add_batch_norm, recompute_in_backward, runs_on_gpu,
-                                     torch_default_init)
+from dprime_tf.spaces.depthwise import depthwise_conv2d
+from dprime_tf.spaces.devices import onednn_enabled, runs_on_gpu
+from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, recompute_in_backward, torch_default_init
 from dprime_tf.spaces.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
@@ -52,13 +53,13 @@ def depthwise(x, kernel, stride=1, dilation=1):
     """Depthwise conv with the reference's symmetric padding (k//2 * dilation)."""
     k = kernel.shape[0]
     if stride == 1:
-        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[dilation, dilation])
+        return depthwise_conv2d(x, kernel, dilation=dilation)
     if dilation == 1:
-        return tf.nn.depthwise_conv2d(pad(x, k // 2), kernel, [1, 2, 2, 1], "VALID")
+        return depthwise_conv2d(pad(x, k // 2), kernel, 2, "VALID")
     # Stride 2 with dilation 2 (TF rejects the pair): output i reads input
     # 2i + 2j - 2*(k//2) = 2(i + j - k//2), i.e. an undilated stride-1 conv
     # of the even rows/columns.
-    return tf.nn.depthwise_conv2d(x[:, ::2, ::2, :], kernel, [1, 1, 1, 1], "SAME")
+    return depthwise_conv2d(x[:, ::2, ::2, :], kernel)
 
 
 def to_phases(x, block):
@@ -109,14 +110,6 @@ def grouped_pointwise(device: str = "", dtype=tf.float32) -> bool:
     if runs_on_gpu(device):
         return True
     return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16) and onednn_enabled()
-
-
-def onednn_enabled() -> bool:
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # a TensorFlow build without the query: the safe path
-        return False
 
 
 class FactorizedReduce(StatefulLayer):
