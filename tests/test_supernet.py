@@ -402,6 +402,79 @@ def test_batch_norm_relu_depthwise_is_the_three_ops_and_keeps_one_tensor_less():
     assert len(relus) == 2 and sum(bool(op.control_inputs) for op in relus) == 1
 
 
+def test_conv_batch_norm_is_the_two_ops_and_keeps_one_tensor_less():
+    """StatefulLayer.conv_batch_norm (a supernet op's 1x1 conv and its BN with the mixing weight)
+    gives the output, gradients (input, kernel, mixing weight) and running statistics of
+    conv -> batch_norm, by tape (eager and traced) and by symbolic differentiation, with inputs
+    whose mean is far from 0; its backward pass reads one tensor of the conv output's size less
+    from the forward pass, and runs the conv again only once the gradient has arrived."""
+    from dprime_tf.spaces import layers
+    from dprime_tf.spaces.cnn.supernet import from_phases
+
+    channels = 6
+
+    class Block(layers.StatefulLayer):
+        def build(self, shape):
+            self.stats = self.add_bn("bn", (channels,))
+            self.kernel = self.add_weight(shape=(1, 1, shape[-1], channels), initializer="glorot_uniform", name="k")
+
+        @staticmethod
+        def conv(d, k):  # a 1x1 conv, then a layout change (the dilated ops' phases)
+            return from_phases(tf.nn.conv2d(d, k, 1, "VALID"), 2)
+
+        def call(self, d, scale, one_record=True):
+            if one_record:
+                return self.conv_batch_norm(d, self.conv, self.kernel, self.stats, True, scale)
+            return self.batch_norm(self.conv(d, self.kernel), self.stats, True, scale)
+
+    rng = np.random.default_rng(6)
+    shape = (8, 3, 4, 5)
+    d = tf.constant(rng.normal(3.0, 0.5, size=shape), tf.float32)
+    scale = tf.constant(rng.uniform(0.05, 0.3, channels), tf.float32)
+    w = tf.constant(rng.standard_normal((2, 6, 8, channels)), tf.float32)
+    block = Block()
+    block.build(shape)
+
+    def taped(one_record):
+        with tf.GradientTape() as tape:
+            tape.watch([d, scale])
+            loss = tf.reduce_sum(block(d, scale, one_record=one_record) * w)
+        return [loss, *tape.gradient(loss, [d, block.kernel, scale])]
+
+    def symbolic():
+        loss = tf.reduce_sum(block(d, scale) * w)
+        return [loss, *tf.gradients(loss, [d, block.kernel.value, scale])]
+
+    def stats_after(run):
+        for v, init in zip((block.stats["mean"], block.stats["var"]), (0.0, 1.0)):
+            v.assign(tf.fill(v.shape, init))
+        out = [t.numpy() for t in run()]
+        return out, [block.stats[k].numpy() for k in ("mean", "var")]
+
+    want, want_stats = stats_after(lambda: taped(False))
+    for run in (lambda: taped(True), tf.function(lambda: taped(True), autograph=False),
+                tf.function(symbolic, autograph=False)):
+        got, got_stats = stats_after(run)
+        for name, a, b in zip(("loss", "dd", "dkernel", "dscale", "running mean", "running var"),
+                              got + got_stats, want + want_stats):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5, err_msg=name)
+
+    spec = tf.TensorSpec(shape, tf.float32)
+
+    def step(one_record):
+        def fn(d):
+            with tf.GradientTape() as tape:
+                tape.watch(d)
+                loss = tf.reduce_sum(block(d, scale, one_record=one_record) * w)
+            return tape.gradient(loss, [d, block.kernel])
+        return fn
+    assert _kept_for_backward(step(False), spec) - _kept_for_backward(step(True), spec) >= 4 * w.shape.num_elements()
+    ops = tf.function(step(True), autograph=False).get_concrete_function(spec).graph.get_operations()
+    convs = [op for op in ops if op.type == "Conv2D"]
+    assert len(convs) == 2  # the forward's and the replay, which waits for the gradient:
+    assert [bool(op.inputs[0].op.control_inputs) for op in convs] == [False, True]
+
+
 def test_batch_norm_output_scale_is_the_mixing_product():
     """batch_norm(x, ..., scale=w) (a supernet op's last BN applying its mixing weight) equals
     batch_norm(x) * w, with the same gradients for x and w (w's being sum(dy * x_hat) per channel),

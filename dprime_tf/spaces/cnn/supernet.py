@@ -240,13 +240,13 @@ class MixedEdges(StatefulLayer):
             # gradient sums in another order, and a tiny search's step-0 FI moved
             # from 4e-5 to 4e-4 of the official code's.
             shared_input, back = dilated[dilation]
-            y = back(self._pointwise(depthwise(shared_input, w["dw1"]), w["pw1"]))
-            return self.batch_norm(y, w["bn1"], training, mixing)
-        y = self._pointwise(depthwise(tiled, w["dw1"], self.stride, dilation), w["pw1"])
+            return self.conv_batch_norm(depthwise(shared_input, w["dw1"]), lambda d, k: back(self._pointwise(d, k)),
+                                        w["pw1"], w["bn1"], training, mixing)
+        d = depthwise(tiled, w["dw1"], self.stride, dilation)
         if not separable:
-            return self.batch_norm(y, w["bn1"], training, mixing)
-        y = self.batch_norm_relu_depthwise(y, w["bn1"], w["dw2"], training)
-        return self.batch_norm(self._pointwise(y, w["pw2"]), w["bn2"], training, mixing)
+            return self.conv_batch_norm(d, self._pointwise, w["pw1"], w["bn1"], training, mixing)
+        y = self.batch_norm_relu_depthwise(self._pointwise(d, w["pw1"]), w["bn1"], w["dw2"], training)
+        return self.conv_batch_norm(y, self._pointwise, w["pw2"], w["bn2"], training, mixing)
 
     def _dilated_inputs(self, shape, tiled, even):
         """{dilation: (input, back)}: the input the ops of that dilation share,
