@@ -327,6 +327,24 @@ def _kept_for_backward(fn, *specs):
                and any(c.name in backward for c in t.consumers()))
 
 
+def _assert_one_record_is_the_composition(stats, taped, symbolic, names, atol):
+    """taped(one_record) -> [loss, gradients...]; symbolic() the same by tf.gradients. From fresh
+    running statistics each time, the one-record path (eager and traced tape, and traced symbolic)
+    gives the composed ops' results and running statistics."""
+    def stats_after(run):
+        for v, init in zip((stats["mean"], stats["var"]), (0.0, 1.0)):
+            v.assign(tf.fill(v.shape, init))
+        out = [t.numpy() for t in run()]
+        return out, [stats[k].numpy() for k in ("mean", "var")]
+
+    want, want_stats = stats_after(lambda: taped(False))
+    for run in (lambda: taped(True), tf.function(lambda: taped(True), autograph=False),
+                tf.function(symbolic, autograph=False)):
+        got, got_stats = stats_after(run)
+        for name, a, b in zip(names + ("running mean", "running var"), got + got_stats, want + want_stats):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol, err_msg=name)
+
+
 def test_batch_norm_relu_depthwise_is_the_three_ops_and_keeps_one_tensor_less():
     """StatefulLayer.batch_norm_relu_depthwise (the middle of a separable conv op) gives the output,
     gradients and running statistics of batch_norm -> relu -> depthwise conv, by tape (eager and
@@ -365,18 +383,7 @@ def test_batch_norm_relu_depthwise_is_the_three_ops_and_keeps_one_tensor_less():
         loss = tf.reduce_sum(block(x, fused_block=True) * w)
         return [loss, *tf.gradients(loss, [x, block.kernel.value])]
 
-    def stats_after(run):
-        for v, init in zip((block.stats["mean"], block.stats["var"]), (0.0, 1.0)):
-            v.assign(tf.fill(v.shape, init))
-        out = [t.numpy() for t in run()]
-        return out, [block.stats[k].numpy() for k in ("mean", "var")]
-
-    want, want_stats = stats_after(lambda: taped(False))
-    for run in (lambda: taped(True), tf.function(lambda: taped(True), autograph=False),
-                tf.function(symbolic, autograph=False)):
-        got, got_stats = stats_after(run)
-        for a, b in zip(got + got_stats, want + want_stats):
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    _assert_one_record_is_the_composition(block.stats, taped, symbolic, ("loss", "dx", "dkernel"), atol=2e-6)
     spec = tf.TensorSpec(shape, tf.float32)
 
     def kept(fused_block):
@@ -445,19 +452,8 @@ def test_conv_batch_norm_is_the_two_ops_and_keeps_one_tensor_less():
         loss = tf.reduce_sum(block(d, scale) * w)
         return [loss, *tf.gradients(loss, [d, block.kernel.value, scale])]
 
-    def stats_after(run):
-        for v, init in zip((block.stats["mean"], block.stats["var"]), (0.0, 1.0)):
-            v.assign(tf.fill(v.shape, init))
-        out = [t.numpy() for t in run()]
-        return out, [block.stats[k].numpy() for k in ("mean", "var")]
-
-    want, want_stats = stats_after(lambda: taped(False))
-    for run in (lambda: taped(True), tf.function(lambda: taped(True), autograph=False),
-                tf.function(symbolic, autograph=False)):
-        got, got_stats = stats_after(run)
-        for name, a, b in zip(("loss", "dd", "dkernel", "dscale", "running mean", "running var"),
-                              got + got_stats, want + want_stats):
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5, err_msg=name)
+    _assert_one_record_is_the_composition(block.stats, taped, symbolic, ("loss", "dd", "dkernel", "dscale"),
+                                          atol=2e-5)
 
     spec = tf.TensorSpec(shape, tf.float32)
 
