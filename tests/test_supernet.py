@@ -343,6 +343,7 @@ def _assert_one_record_is_the_composition(stats, taped, symbolic, names, atol):
         got, got_stats = stats_after(run)
         for name, a, b in zip(names + ("running mean", "running var"), got + got_stats, want + want_stats):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol, err_msg=name)
+    return want
 
 
 def test_batch_norm_relu_depthwise_is_the_three_ops_and_keeps_one_tensor_less():
@@ -414,7 +415,8 @@ def test_conv_batch_norm_is_the_two_ops_and_keeps_one_tensor_less():
     gives the output, gradients (input, kernel, mixing weight) and running statistics of
     conv -> batch_norm, by tape (eager and traced) and by symbolic differentiation, with inputs
     whose mean is far from 0; its backward pass reads one tensor of the conv output's size less
-    from the forward pass, and runs the conv again only once the gradient has arrived."""
+    from the forward pass, and runs the conv again only once the gradient has arrived, and not at
+    all when only the input's gradient is wanted."""
     from dprime_tf.spaces import layers
     from dprime_tf.spaces.cnn.supernet import from_phases
 
@@ -452,8 +454,8 @@ def test_conv_batch_norm_is_the_two_ops_and_keeps_one_tensor_less():
         loss = tf.reduce_sum(block(d, scale) * w)
         return [loss, *tf.gradients(loss, [d, block.kernel.value, scale])]
 
-    _assert_one_record_is_the_composition(block.stats, taped, symbolic, ("loss", "dd", "dkernel", "dscale"),
-                                          atol=2e-5)
+    want = _assert_one_record_is_the_composition(block.stats, taped, symbolic, ("loss", "dd", "dkernel", "dscale"),
+                                                 atol=2e-5)
 
     spec = tf.TensorSpec(shape, tf.float32)
 
@@ -469,6 +471,15 @@ def test_conv_batch_norm_is_the_two_ops_and_keeps_one_tensor_less():
     convs = [op for op in ops if op.type == "Conv2D"]
     assert len(convs) == 2  # the forward's and the replay, which waits for the gradient:
     assert [bool(op.inputs[0].op.control_inputs) for op in convs] == [False, True]
+
+    def input_gradient_only(d):  # the search's alpha step: no tape wants the kernel's gradient
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(d)
+            loss = tf.reduce_sum(block(d, scale) * w)
+        return tape.gradient(loss, d)
+    graph = tf.function(input_gradient_only, autograph=False).get_concrete_function(spec).graph
+    assert [op.type for op in graph.get_operations()].count("Conv2D") == 1
+    np.testing.assert_allclose(input_gradient_only(d).numpy(), want[1], rtol=2e-5, atol=2e-5)
 
 
 def test_batch_norm_output_scale_is_the_mixing_product():

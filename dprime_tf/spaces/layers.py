@@ -395,11 +395,15 @@ class StatefulLayer(keras.layers.Layer):
         gradient exists, hands it to the fused BN gradient with the kept
         batch statistics, and differentiates conv on the way back. That is one more forward of conv per step (a 1x1
         conv: ~4% of the paper-size weight step) for one tensor less per op;
-        results are the same (conv is deterministic). Elsewhere, the two ops.
+        results are the same (conv is deterministic). Elsewhere, the two ops;
+        also when no tape wants the kernel's gradient (the search's alpha
+        step): the backward then does not read d, and the record would keep d
+        instead of the BN's input, the same size, and run the conv again for
+        nothing.
         """
-        if not StatefulLayer._one_record(d, stats, training):
-            return StatefulLayer.batch_norm(conv(d, kernel), stats, training, scale)
         k = tf.convert_to_tensor(kernel)  # read on the tape: the kernel's gradient reaches the variable
+        if not (StatefulLayer._one_record(d, stats, training) and _record.should_record_backprop([k])):
+            return StatefulLayer.batch_norm(conv(d, k), stats, training, scale)
         s = None if scale is None else tf.cast(scale, tf.float32)
         if s is not None and s.shape != stats["mean"].shape:
             s = tf.reshape(s, stats["mean"].shape)
