@@ -13,8 +13,8 @@ stride 2: 3.9 -> 1.6 ms), and slower for 3x3 (1.2 -> 2.2 ms). So
 `depthwise_conv2d` computes the filter gradient of a non-3x3 float32 filter
 on a CPU with the same padding spelled out; elsewhere (GPUs, CPUs without
 oneDNN, 3x3 filters, 16-bit types, dilations) it is TensorFlow's own
-gradient. The forward and
-the input gradient are always TensorFlow's (oneDNN's are fast for 5x5).
+gradient. The forward and the input gradient are always TensorFlow's
+(oneDNN's are fast for 5x5).
 """
 
 from __future__ import annotations
