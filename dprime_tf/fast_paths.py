@@ -26,8 +26,8 @@ PRECISION_HELP = ("Numeric precision: float32 (default), bf16 (mixed bfloat16: A
                   "(mixed float16 with dynamic loss scaling: older GPUs). Weights, optimizer state, loss and FI "
                   "stay float32. Slower on CPUs without 16-bit units; see BUILD.md.")
 RECOMPUTE_HELP = ("Image searches: keep only each cell's inputs for the backward pass and compute the cell again "
-                  "there (gradient checkpointing). The same results; at the paper's search size 2.7 GB instead of "
-                  "5.9 GB of memory and a ~30% slower step. For a GPU that is short of memory or a bigger batch.")
+                  "there (gradient checkpointing). The same results; at the paper's search size 2.5 GB instead of "
+                  "4.8 GB of memory and a ~35% slower step. For a GPU that is short of memory or a bigger batch.")
 XLA_HELP = "Compile each replica's step with XLA (jit_compile). For GPUs: on CPUs it compiles for minutes and " \
            "runs slower; see BUILD.md."
 

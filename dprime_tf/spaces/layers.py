@@ -239,6 +239,14 @@ _register_graph_grad()
 _REPLAY = threading.local()
 
 
+def once_gradient_arrives(gradient, tensors):
+    """`tensors` as identities that wait for `gradient`: the inputs of work
+    replayed in a backward pass, which then runs there (not next to the
+    forward, nor merged with it by Grappler's common-subexpression pass)."""
+    with tf.control_dependencies([gradient]):
+        return [tf.identity(t) for t in tensors]
+
+
 def recompute_in_backward(fn, *inputs):
     """fn(*inputs) whose activations are not kept for the backward pass: the
     gradient runs fn again on the same inputs, once the incoming gradient
@@ -257,8 +265,7 @@ def recompute_in_backward(fn, *inputs):
         out = fn(*args)
 
         def grad(dy, variables=None):
-            with tf.control_dependencies([dy]):  # not before the gradient reaches this point
-                replay_inputs = [tf.identity(a) for a in args]
+            replay_inputs = once_gradient_arrives(dy, args)
             _REPLAY.active = True
             try:
                 with tf.GradientTape() as tape:
@@ -328,13 +335,18 @@ class StatefulLayer(keras.layers.Layer):
         if scale is not None and "gamma" in stats:
             raise ValueError("batch_norm: an output scale is for BN without affine parameters")
         with tf.name_scope("batch_norm"):  # named for profiles (dprime-bench --profile)
-            if scale is not None:  # float32 and the statistics' shape, as gamma
-                scale = tf.cast(scale, tf.float32)
-                if scale.shape != stats["mean"].shape:
-                    scale = tf.reshape(scale, stats["mean"].shape)
+            scale = StatefulLayer._output_scale(scale, stats)
             if x.dtype != tf.float32:  # mixed precision: statistics and normalization in float32
                 return tf.cast(StatefulLayer._batch_norm(tf.cast(x, tf.float32), stats, training, scale), x.dtype)
             return StatefulLayer._batch_norm(x, stats, training, scale)
+
+    @staticmethod
+    def _output_scale(scale, stats):
+        """batch_norm's `scale` as BN runs it: float32 and the statistics' shape, as gamma."""
+        if scale is None:
+            return None
+        scale = tf.cast(scale, tf.float32)
+        return scale if scale.shape == stats["mean"].shape else tf.reshape(scale, stats["mean"].shape)
 
     @staticmethod
     def batch_norm_relu_depthwise(x, stats, kernel, training):
@@ -405,9 +417,7 @@ class StatefulLayer(keras.layers.Layer):
         k = tf.convert_to_tensor(kernel)  # read on the tape: the kernel's gradient reaches the variable
         if not (StatefulLayer._one_record(d, stats, training) and _record.should_record_backprop([k])):
             return StatefulLayer.batch_norm(conv(d, k), stats, training, scale)
-        s = None if scale is None else tf.cast(scale, tf.float32)
-        if s is not None and s.shape != stats["mean"].shape:
-            s = tf.reshape(s, stats["mean"].shape)
+        s = StatefulLayer._output_scale(scale, stats)
         with _record.stop_recording():
             x = conv(d, k)
             with tf.name_scope("batch_norm"):  # named for profiles (dprime-bench --profile)
@@ -418,8 +428,7 @@ class StatefulLayer(keras.layers.Layer):
         def grad(dy):
             # Not before the gradient arrives: Grappler would otherwise merge the
             # replay with the forward's conv, whose output then stays alive.
-            with tf.control_dependencies([dy]):
-                replay_input = tf.identity(d)
+            replay_input, = once_gradient_arrives(dy, [d])
             with tf.GradientTape() as tape:
                 tape.watch([replay_input, k])
                 replayed = conv(replay_input, k)
