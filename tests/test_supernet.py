@@ -140,6 +140,40 @@ def test_grouped_and_split_pointwise_convs_agree(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
 
 
+def test_mix_shared_ops_is_the_weighted_sum_per_edge():
+    """mix_shared_ops' conv: edge m's channel block is sum_k mixing[m, k] * values[k], by hand in
+    float64; its gradients (values and mixing weights) those of that sum."""
+    from dprime_tf.spaces.cnn.supernet import mix_shared_ops
+    rng = np.random.default_rng(4)
+    values = [rng.normal(size=(2, 3, 4, 5)) for _ in range(3)]
+    mixing = rng.random((4, 3))
+    dy = rng.normal(size=(2, 3, 4, 4 * 5))
+    expected = np.concatenate([sum(mixing[m, k] * values[k] for k in range(3)) for m in range(4)], -1)
+    v = [tf.constant(a, tf.float32) for a in values]
+    w = tf.constant(mixing, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(v + [w])
+        out = mix_shared_ops(v, w)
+    grads = tape.gradient(out, v + [w], output_gradients=tf.constant(dy, tf.float32))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    blocks = dy.reshape(2, 3, 4, 4, 5)
+    for k in range(3):
+        np.testing.assert_allclose(grads[k].numpy(), np.einsum("bhwmc,m->bhwc", blocks, mixing[:, k]), atol=1e-5)
+    np.testing.assert_allclose(grads[3].numpy(), np.einsum("bhwmc,kbhwc->mk", blocks, np.stack(values)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shared_ops_mixed_by_conv_equal_the_broadcast_sum(monkeypatch):
+    """MixedEdges with its shared ops (pools, identity) mixed in by one conv: the same outputs and
+    gradients, mixing weights included, as with a broadcast product and sum per op."""
+    conv = _edges_output_and_gradients(True, monkeypatch, "SHARED_OPS_BY_CONV")
+    broadcast = _edges_output_and_gradients(False, monkeypatch, "SHARED_OPS_BY_CONV")
+    for per_stride_c, per_stride_b in zip(conv, broadcast):
+        assert len(per_stride_c) == len(per_stride_b)
+        for a, b in zip(per_stride_c, per_stride_b):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+
+
 @pytest.mark.golden
 def test_forward_and_weight_step_match_reference(paper_net):
     """Golden step of the official PyTorch code: logits, FI and every weight's update."""
