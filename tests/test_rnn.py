@@ -550,7 +550,11 @@ def test_two_replicas_match_one_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["variables"] >= 30
-    assert result["max_diff"] < 1e-4, result  # (alpha: Adam divides tiny gradient differences by tiny norms)
+    # The largest differences are in alpha and what it feeds (the alpha stream's hidden
+    # state, BN statistics): Adam divides tiny gradient differences by tiny norms. Runs of
+    # the script gave 1e-6 to 1.6e-4 (under a loaded CI); a replica bug moves alpha by
+    # as much as alpha itself moves (> 1e-2, checked below).
+    assert result["max_diff"] < 1e-3, result
     assert result["alpha_steps"] == [2, 2] and result["alpha_moved"] > 1e-2, result
     assert result["hidden_weight_norm"] > 0  # the carried state is really there
     assert abs(result["val_loss"][0] - result["val_loss"][1]) < 1e-4 and abs(result["loss"][0] - result["loss"][1]) < 1e-5
