@@ -174,6 +174,32 @@ def test_shared_ops_mixed_by_conv_equal_the_broadcast_sum(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
 
 
+def test_shared_ops_are_mixed_by_conv_where_a_tape_wants_the_mixing_weights(monkeypatch):
+    """By default the conv mixes the shared ops only where their mixing weights get a gradient
+    (the alpha step), in float32; the weight step keeps the broadcast product."""
+    from dprime_tf.spaces.cnn import supernet
+    calls = []
+    real = supernet.mix_shared_ops
+    monkeypatch.setattr(supernet, "mix_shared_ops", lambda *a: calls.append(1) or real(*a))
+    layer = MixedEdges(4, 2, 1)
+    layer.build((2, 4, 4, 4))
+    x = tf.random.normal((2, 4, 4, 4))
+    weights = tf.nn.softmax(tf.random.normal((2, 8)))
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        layer(x, weights, training=True)
+    assert calls == [1]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        layer(x, weights, training=True)
+    layer(x, weights, training=True)
+    assert calls == [1]
+    with tf.GradientTape() as tape:
+        weights16 = tf.cast(weights, tf.bfloat16)
+        tape.watch(weights16)
+        assert not supernet.shared_ops_by_conv(weights16)
+
+
 @pytest.mark.golden
 def test_forward_and_weight_step_match_reference(paper_net):
     """Golden step of the official PyTorch code: logits, FI and every weight's update."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+# The tape's query API (what tf.custom_gradient itself uses): see shared_ops_by_conv.
+from tensorflow.python.eager import record as _record
 
 from dprime_tf.graph_constants import shared_constant
 from dprime_tf.spaces.depthwise import depthwise_conv2d
@@ -115,21 +117,26 @@ def grouped_pointwise(device: str = "", dtype=tf.float32) -> bool:
 
 # Whether MixedEdges mixes the ops every edge shares (pools, identity) into its
 # edges with one 1x1 conv (`mix_shared_ops`) or with a broadcast product and sum
-# per op: None decides by type (see `shared_ops_by_conv`); tests set True/False.
+# per op: None decides per call (see `shared_ops_by_conv`); tests set True/False.
 SHARED_OPS_BY_CONV = None
 
 
-def shared_ops_by_conv(dtype) -> bool:
-    """Whether `mix_shared_ops` mixes the shared ops: in float32. In 16-bit
-    types the broadcast product and sum: the conv's kernel gradient rounds
-    every (input, output) channel pair's sum to 16 bits before the sum along
-    its diagonals that is a mixing weight's gradient, and a tiny bf16 search
-    drifted 8.7% from the float32 one in six steps (tests/test_fast_paths.py
-    allows 8%), where the product's gradient, one sum per weight, stays
-    within it; an fp16 search overflowed its loss-scaled gradients again."""
+def shared_ops_by_conv(mixing) -> bool:
+    """Whether `mix_shared_ops` mixes the shared ops with these mixing weights:
+    when a tape wants their gradient (the search's alpha step) and they are
+    float32.
+
+    The conv's kernel is mostly zeros, so it pays off only where it replaces
+    the mixing weights' gradients too (a product and a full sum per weight):
+    in the weight step, which does not differentiate them, it measured 4-10%
+    slower than the broadcast path (README "Speed"). In 16-bit types its kernel
+    gradient rounds every channel pair's sum to 16 bits before the sums along
+    its diagonals that are the weights' gradients: a tiny bf16 search drifted
+    8.7% from the float32 one in six steps (tests/test_fast_paths.py allows
+    8%), and an fp16 one overflowed its loss-scaled gradients again."""
     if SHARED_OPS_BY_CONV is not None:
         return SHARED_OPS_BY_CONV
-    return tf.as_dtype(dtype) == tf.float32
+    return mixing.dtype == tf.float32 and _record.should_record_backprop([mixing])
 
 
 def mix_shared_ops(values, mixing):
@@ -142,11 +149,9 @@ def mix_shared_ops(values, mixing):
     those diagonals) the weights', in a handful of ops. The broadcast product
     and sum per op it replaces, and their gradients, wrote an (n * C)-channel
     tensor per op and per gradient: measured on a 2-core CPU at (64, 32, 32),
-    C = 16, 4 edges, three ops, forward and backward 18.7 ms -> 6.5-8.0 ms. In
-    the paper-size search steps (interleaved in one process, 8 and 12 rounds)
-    the alpha step went 1.93 -> 1.70 and 1.77 -> 1.72 s (it differentiates the
-    mixing weights), the weight step moved within noise (2.78 -> 2.70,
-    2.56 -> 2.60 s)."""
+    C = 16, 4 edges, three ops, forward and backward 18.7 ms -> 6.5-8.0 ms
+    (BUILD.md, "The ops every edge shares"; where it is used:
+    `shared_ops_by_conv`)."""
     channels = values[0].shape[-1]
     n, k = mixing.shape
     eye = shared_constant(np.eye(channels), mixing.dtype)
@@ -347,7 +352,7 @@ class MixedEdges(StatefulLayer):
         if self.stride == 1:
             shared["skip_connect"] = x
         mixing = tf.stack([per_op[OP[name]] for name in shared], axis=1)  # (n, len(shared))
-        if shared_ops_by_conv(x.dtype):
+        if shared_ops_by_conv(mixing):
             total = tf.add_n(per_edge + [mix_shared_ops(list(shared.values()), mixing)])
             total = tf.reshape(total, [-1, total.shape[1], total.shape[2], n, c])
         else:
