@@ -128,8 +128,9 @@ def shared_ops_by_conv(mixing) -> bool:
 
     The conv's kernel is mostly zeros, so it pays off only where it replaces
     the mixing weights' gradients too (a product and a full sum per weight):
-    in the weight step, which does not differentiate them, it measured 4-10%
-    slower than the broadcast path (README "Speed"). In 16-bit types its kernel
+    in the weight step, which does not differentiate them, it measured no
+    faster in one process and 4-10% slower in separate ones (BUILD.md, "The
+    ops every edge shares"). In 16-bit types its kernel
     gradient rounds every channel pair's sum to 16 bits before the sums along
     its diagonals that are the weights' gradients: a tiny bf16 search drifted
     8.7% from the float32 one in six steps (tests/test_fast_paths.py allows
@@ -352,12 +353,12 @@ class MixedEdges(StatefulLayer):
         if self.stride == 1:
             shared["skip_connect"] = x
         mixing = tf.stack([per_op[OP[name]] for name in shared], axis=1)  # (n, len(shared))
-        if shared_ops_by_conv(mixing):
-            total = tf.add_n(per_edge + [mix_shared_ops(list(shared.values()), mixing)])
-            total = tf.reshape(total, [-1, total.shape[1], total.shape[2], n, c])
-        else:
-            total = tf.add_n(per_edge)
-            total = tf.reshape(total, [-1, total.shape[1], total.shape[2], n, c])
+        by_conv = shared_ops_by_conv(mixing)
+        if by_conv:
+            per_edge.append(mix_shared_ops(list(shared.values()), mixing))
+        total = tf.add_n(per_edge)
+        total = tf.reshape(total, [-1, total.shape[1], total.shape[2], n, c])
+        if not by_conv:
             for k, value in enumerate(shared.values()):
                 total = total + tf.expand_dims(value, 3) * tf.reshape(mixing[:, k], [n, 1])
         # `none` contributes zeros and is skipped.
