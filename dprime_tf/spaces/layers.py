@@ -235,6 +235,13 @@ def _register_graph_grad():
 _register_graph_grad()
 
 
+def tape_wants_gradient(*tensors) -> bool:
+    """Whether a gradient tape records backprop through any of `tensors` (the
+    tape's own check): composite ops pick a cheaper form where no tape wants a
+    gradient (conv_batch_norm's kernel, the supernet's mixing weights)."""
+    return _record.should_record_backprop(list(tensors))
+
+
 # Per thread: MirroredStrategy traces each replica's step in its own thread.
 _REPLAY = threading.local()
 
@@ -415,7 +422,7 @@ class StatefulLayer(keras.layers.Layer):
         nothing.
         """
         k = tf.convert_to_tensor(kernel)  # read on the tape: the kernel's gradient reaches the variable
-        if not (StatefulLayer._one_record(d, stats, training) and _record.should_record_backprop([k])):
+        if not (StatefulLayer._one_record(d, stats, training) and tape_wants_gradient(k)):
             return StatefulLayer.batch_norm(conv(d, k), stats, training, scale)
         s = StatefulLayer._output_scale(scale, stats)
         with _record.stop_recording():

@@ -21,13 +21,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-# The tape's query API (what tf.custom_gradient itself uses): see shared_ops_by_conv.
-from tensorflow.python.eager import record as _record
 
 from dprime_tf.graph_constants import shared_constant
 from dprime_tf.spaces.depthwise import depthwise_conv2d
 from dprime_tf.spaces.devices import onednn_enabled, runs_on_gpu
-from dprime_tf.spaces.layers import StatefulLayer, add_batch_norm, recompute_in_backward, torch_default_init
+from dprime_tf.spaces.layers import (StatefulLayer, add_batch_norm, recompute_in_backward, tape_wants_gradient,
+                                    torch_default_init)
 from dprime_tf.spaces.primitives import CNN_PRIMITIVES, num_edges
 
 STEPS = 4
@@ -137,7 +136,7 @@ def shared_ops_by_conv(mixing) -> bool:
     8%), and an fp16 one overflowed its loss-scaled gradients again."""
     if SHARED_OPS_BY_CONV is not None:
         return SHARED_OPS_BY_CONV
-    return mixing.dtype == tf.float32 and _record.should_record_backprop([mixing])
+    return mixing.dtype == tf.float32 and tape_wants_gradient(mixing)
 
 
 def mix_shared_ops(values, mixing):
